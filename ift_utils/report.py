@@ -1,0 +1,72 @@
+"""The run's one-page HTML report: contents, the stages in order with links to their executed notebooks,
+every figure with its caption, the verdict table, and the parameters and versions used.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ift_utils.io import write_text
+
+STAGE_TITLES = {
+    "01_probe": "Probe: what the base model believes",
+    "02_interventions": "Knowledge intervention: the fine-tuning groups",
+    "03_training": "Instruction fine-tuning",
+    "04_evaluation": "Evaluation: accuracy and knowledge consistency",
+    "05_analysis": "Analysis: figures, statistics and verdict",
+}
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:.9em;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}figure{margin:1.5em 0}
+img{max-width:100%;border:1px solid #eee}figcaption{font-size:.9em;color:#555}.yes{color:#16794a;font-weight:600}
+.no{color:#a33;font-weight:600}nav li{margin:.2em 0}code{background:#f5f5f5;padding:0 .2em}"""
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, border=0, float_format=lambda x: f"{x:.3g}", escape=True)
+
+
+def build_report(run_dir: Path, figures: list[tuple[str, str]], verdict: pd.DataFrame, headline: str) -> Path:
+    """Write `run_dir/report.html`; `figures` are (file stem under figures/, caption)."""
+    run_dir = Path(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
+    params = manifest.get("params", {})
+    versions = manifest.get("versions", {})
+    stages = manifest.get("stages", {})
+    toc = ["<li><a href='#verdict'>Verdict</a></li>", "<li><a href='#stages'>Stages</a></li>",
+           "<li><a href='#figures'>Figures</a></li>", "<li><a href='#params'>Parameters and versions</a></li>"]
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Report · {html.escape(run_dir.name)}"
+             f"</title><style>{CSS}</style></head><body>",
+             f"<h1>Learning or self-aligning? · run <code>{html.escape(run_dir.name)}</code></h1>",
+             "<p>Replication of Ren et al., <em>Learning or Self-aligning? Rethinking Instruction Fine-tuning</em> "
+             "(ACL 2024). Every number on this page is computed by the run's notebooks.</p>",
+             f"<nav><h2>Contents</h2><ol>{''.join(toc)}</ol></nav>",
+             f"<h2 id='verdict'>Verdict</h2><p>{html.escape(headline)}</p>"]
+    v = verdict.copy()
+    if "supported" in v:
+        v["supported"] = v["supported"].map(lambda s: "yes" if s is True else "no" if s is False else str(s))
+    parts.append(_table(v).replace("<td>yes</td>", "<td class='yes'>yes</td>").replace("<td>no</td>",
+                                                                                         "<td class='no'>no</td>"))
+    parts.append("<h2 id='stages'>Stages</h2><ol>")
+    for stem, title in STAGE_TITLES.items():
+        rec = stages.get(stem, {})
+        link = f"<a href='{stem}.html'>{stem}.html</a>" if (run_dir / f"{stem}.html").exists() or stem == "05_analysis" \
+            else "not run"
+        secs = f" · {rec['seconds']:.0f} s" if "seconds" in rec else ""
+        parts.append(f"<li><strong>{html.escape(title)}</strong> — {link} "
+                     f"(<a href='{stem}.ipynb'>notebook</a>){secs}</li>")
+    parts.append("</ol><h2 id='figures'>Figures</h2>")
+    for i, (stem, caption) in enumerate(figures, 1):
+        if (run_dir / "figures" / f"{stem}.png").exists():
+            parts.append(f"<figure id='fig-{stem}'><img src='figures/{stem}.png' alt='{html.escape(caption)}'>"
+                         f"<figcaption>Figure {i}. {html.escape(caption)}</figcaption></figure>")
+    parts.append("<h2 id='params'>Parameters and versions</h2>")
+    parts.append(_table(pd.DataFrame({"parameter": list(params), "value": [json.dumps(x) for x in params.values()]})))
+    parts.append(_table(pd.DataFrame({"package": list(versions), "version": list(versions.values())})))
+    parts.append(f"<p>git commit <code>{html.escape(str(manifest.get('git_commit', 'unknown')))}</code></p>")
+    parts.append("</body></html>")
+    return write_text(run_dir / "report.html", "\n".join(parts))

@@ -1,0 +1,522 @@
+"""The study's glue: where each stage writes inside a run folder, and the loops over domains and
+cells that the notebooks call. Each loop caches per item (domain, cell) so an interrupted stage resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ift_utils.data_sources import DomainData
+from ift_utils.io import read_json, read_jsonl, sha256_json, write_json, write_jsonl
+from ift_utils.probing import PromptSpec, score_mcqs
+from ift_utils.records import MCQ
+
+log = logging.getLogger(__name__)
+TEST_SETS = ("HOMO", "ID", "OOD")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The layout of one run folder."""
+
+    root: Path
+
+    @property
+    def stages(self) -> Path:
+        return self.root / "stages"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def probe(self) -> Path:
+        return self.root / "probe"
+
+    @property
+    def groups(self) -> Path:
+        return self.root / "groups"
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def tables(self) -> Path:
+        return self.root / "tables"
+
+
+def open_run(P, run_dir: str | os.PathLike | None = None) -> RunPaths:
+    """Set up a stage: logging, threads, seeds, silenced library chatter; return the run's paths."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    for noisy in ("bitsandbytes", "httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not P.allow_network:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    if P.threads:
+        torch.set_num_threads(P.threads)
+    seed_everything(P.data_seed)
+    root = Path(run_dir) if run_dir else P.run_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    return RunPaths(root)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU runs are then deterministic)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def device_of(P) -> str:
+    """The torch device a run uses."""
+    if P.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return P.device
+
+
+def write_stage_summary(paths: RunPaths, stage: str, summary: dict) -> None:
+    """Counts and facts a stage reports to the runner's manifest."""
+    write_json(paths.stages / f"{stage}.json", summary)
+
+
+def save_questions(data: dict[str, DomainData], paths: RunPaths) -> pd.DataFrame:
+    """Write every domain's splits in the original schema; return a size table."""
+    rows = []
+    for d, dd in data.items():
+        parts = {"train": dd.train, "dev": dd.dev, "test": dd.test, "id_test": dd.id_test, "ood_test": dd.ood_test}
+        for split, qs in parts.items():
+            write_jsonl(paths.data / d / f"{split}.jsonl", [q.to_json() for q in qs])
+            rows.append({"domain": d, "split": split, "n": len(qs)})
+    return pd.DataFrame(rows).pivot(index="domain", columns="split", values="n")[list(parts)]
+
+
+def base_spec(P, dd: DomainData, subject: str) -> PromptSpec:
+    """The base model's k-shot prompt for questions of one subject (demos from the pool)."""
+    demos = tuple(dd.demos.get(subject, []))[: P.k_shot]
+    from_mmlu = any("topic" in d.raw for d in demos) or P.data_source == "mmlu"
+    return PromptSpec(mode=P.scoring, demos=demos, subject=subject, template="none",
+                      mmlu_quirk=P.prompt_style == "paper" and from_mmlu)
+
+
+def score_by_subject(model, tok, questions: list[MCQ], P, dd: DomainData, desc: str) -> pd.DataFrame:
+    """Score base-model beliefs, one shared-prefix batch per subject (each with its own demos)."""
+    frames = []
+    subjects = sorted({q.subject for q in questions})
+    for s in subjects:
+        qs = [q for q in questions if q.subject == s]
+        frames.append(score_mcqs(model, tok, qs, base_spec(P, dd, s), max_batch=P.batch_size_eval,
+                                 desc=f"{desc} [{s}]"))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def cached_frame(path: Path, key: dict, compute) -> pd.DataFrame:
+    """Reuse `path` (JSONL) only when its sidecar key matches `key`; else compute, write, then write the key.
+
+    The key is written after the data, so a crash in between leaves no key and the frame is recomputed."""
+    key_path = path.with_suffix(".key.json")
+    digest = sha256_json(key)
+    if path.exists() and key_path.exists() and read_json(key_path).get("sha256") == digest:
+        log.info("reusing %s (inputs unchanged)", path)
+        return pd.DataFrame(read_jsonl(path))
+    key_path.unlink(missing_ok=True)
+    frame = compute()
+    write_jsonl(path, frame.to_dict(orient="records"))
+    write_json(key_path, {"sha256": digest})
+    return frame
+
+
+def probe_domain(model, tok, dd: DomainData, P, paths: RunPaths) -> pd.DataFrame:
+    """Probe the base model on a domain's train split and HOMO/ID/OOD test sets (cached per domain)."""
+    parts = {"train": dd.train, "HOMO": dd.test, "ID": dd.id_test, "OOD": dd.ood_test}
+    key = {"model": P.model, "scoring": P.scoring, "k_shot": P.k_shot, "style": P.prompt_style,
+           "questions": {s: [q.to_json() for q in qs] for s, qs in parts.items()},
+           "demos": {s: [q.to_json() for q in v] for s, v in sorted(dd.demos.items())}}
+    return cached_frame(paths.probe / f"{dd.name}.jsonl", key, lambda: _probe(model, tok, dd, P, parts))
+
+
+def _probe(model, tok, dd: DomainData, P, parts: dict[str, list[MCQ]]) -> pd.DataFrame:
+    frames = []
+    for split, qs in parts.items():
+        if not qs:
+            continue
+        f = score_by_subject(model, tok, qs, P, dd, desc=f"probe {dd.name}/{split}")
+        f.insert(1, "split", split)
+        f.insert(0, "probe_domain", dd.name)
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True)
+
+
+def accuracy_table(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Accuracy with a 95 % Wilson interval per group (in percent), with counts."""
+    from ift_utils.metrics import accuracy_ci
+
+    rows = []
+    for key, g in frame.groupby(by, sort=True):
+        acc, lo, hi = accuracy_ci(g["correct"].astype(bool).to_numpy())
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key, strict=True)), "n": len(g), "accuracy": 100 * acc,
+                     "ci_low": 100 * lo, "ci_high": 100 * hi})
+    return pd.DataFrame(rows)
+
+
+def belief_table(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Per domain: how many training questions the model believes confidently right or wrong."""
+    t = frame[frame["split"] == "train"]
+    conf = t["confidence"] > threshold
+    return (t.assign(confident_correct=conf & t["correct"], confident_wrong=conf & ~t["correct"].astype(bool))
+             .groupby("probe_domain")[["confident_correct", "confident_wrong"]].sum()
+             .assign(n_train=t.groupby("probe_domain").size()))
+
+
+def write_table(frame: pd.DataFrame, paths: RunPaths, name: str) -> Path:
+    """Write a result table as CSV under `tables/`."""
+    from ift_utils.io import write_csv
+
+    return write_csv(paths.tables / f"{name}.csv", frame)
+
+
+def compare_modes(model, tok, data: dict[str, DomainData], P, probe: pd.DataFrame, n: int = 100) -> pd.DataFrame:
+    """HOMO accuracy (percent) in letter and cloze mode side by side; the run's own mode is reused."""
+    from dataclasses import replace
+
+    other = "letter" if P.scoring == "cloze" else "cloze"
+    rows = []
+    for d, dd in data.items():
+        qs = dd.test[:n]
+        ids = {q.id for q in qs}
+        own = probe[(probe["probe_domain"] == d) & (probe["split"] == "HOMO") & probe["id"].isin(ids)]
+        frames = [score_mcqs(model, tok, [q for q in qs if q.subject == s],
+                             replace(base_spec(P, dd, s), mode=other), max_batch=P.batch_size_eval,
+                             desc=f"{other} {d}") for s in sorted({q.subject for q in qs})]
+        alt = pd.concat(frames)
+        rows.append({"domain": d, "n": len(qs), f"{P.scoring} (this run)": 100 * own["correct"].mean(),
+                     other: 100 * alt["correct"].mean()})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- stage 02: interventions
+
+def probe_frame(probe: pd.DataFrame, domain: str, split: str) -> pd.DataFrame:
+    """The probe rows of one domain's split (one row per question)."""
+    return probe[(probe["probe_domain"] == domain) & (probe["split"] == split)].reset_index(drop=True)
+
+
+def read_probe(paths: RunPaths, domains: list[str]) -> pd.DataFrame:
+    """Stage 01's per-question beliefs; a clear error when stage 01 has not run for a domain."""
+    frames = []
+    for d in domains:
+        p = paths.probe / f"{d}.jsonl"
+        if not p.exists():
+            raise FileNotFoundError(f"no probe results for domain {d!r} at {p}: run stage 01 first")
+        frames.append(pd.DataFrame(read_jsonl(p)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_questions(paths: RunPaths, domain: str, split: str) -> list[MCQ]:
+    """Questions stage 01 wrote for a domain's split."""
+    rows = read_jsonl(paths.data / domain / f"{split}.jsonl")
+    return [MCQ(**{**r, "choices": tuple(r["choices"])}) for r in rows]
+
+
+def conditions(P) -> list[tuple[str, str, float]]:
+    """The grid's conditions per domain: (name, group, ratio); r=0 is incompatible, r=1 self-aligning."""
+    from ift_utils.interventions import ratio_name
+
+    out = []
+    for r in P.ratios:
+        group = "incompatible" if r == 0 else "self_aligning" if r == 1 else "mixture"
+        out.append((ratio_name(r), group, r))
+    for g in P.extra_groups:
+        out.append((g, g, math.nan))
+    return out
+
+
+def general_pool(P, n: int) -> tuple[list[dict], dict]:
+    """General instruction tasks: an alpaca-format file when given, else generated offline."""
+    from ift_utils.general_tasks import generate_general_tasks, load_alpaca
+
+    if P.general_data:
+        tasks, report = load_alpaca(P.general_data)
+        return tasks, report.as_dict()
+    return generate_general_tasks(n, seed=P.data_seed), {"source": "generated", "n": n}
+
+
+def cell_examples(P, groups, name: str, general: list[dict], tok) -> list[dict]:
+    """The chat-formatted training set of one condition: its domain examples mixed with general tasks."""
+    from ift_utils.general_tasks import general_example
+    from ift_utils.interventions import mix_general, to_chat_examples
+
+    examples = dict(groups.items())[name]
+    domain = to_chat_examples(examples, mode=P.scoring, template=P.chat_template, tokenizer=tok)
+    gen = [general_example(t, P.chat_template, tok) for t in general]
+    return mix_general(domain, gen, P.general_ratio, seed=P.data_seed)
+
+
+# ---------------------------------------------------------------- stage 03: training
+
+@dataclass(frozen=True)
+class Cell:
+    """One fine-tuning run of the grid."""
+
+    domain: str
+    condition: str
+    group: str
+    ratio: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.domain}/{self.condition}/seed{self.seed}"
+
+
+def grid(P) -> list[Cell]:
+    """Every cell: domains × conditions × seeds, in a fixed order."""
+    return [Cell(d, name, group, ratio, s) for d in P.domains for name, group, ratio in conditions(P)
+            for s in P.seeds]
+
+
+def my_cells(P) -> list[Cell]:
+    """The cells this shard trains (cell i goes to shard i % num_shards)."""
+    return [c for i, c in enumerate(grid(P)) if i % P.num_shards == P.shard_index]
+
+
+def train_method(P) -> str:
+    """`auto` is QLoRA on a GPU and fp32 LoRA on a CPU (4-bit on CPU saves memory but not time)."""
+    if P.train_method != "auto":
+        return P.train_method
+    return "qlora" if device_of(P) == "cuda" else "lora"
+
+
+def train_config(P, seed: int):
+    """The training configuration of a cell, from the params."""
+    from ift_utils.training import TrainConfig
+
+    return TrainConfig(method=train_method(P), lora_r=P.lora_r, lora_alpha=P.lora_alpha, lora_dropout=P.lora_dropout,
+                       epochs=P.epochs, learning_rate=P.learning_rate, warmup_ratio=P.warmup_ratio,
+                       max_length=P.max_length, batch_size=P.batch_size, grad_accum=P.grad_accum, seed=seed,
+                       bf16=device_of(P) == "cuda")
+
+
+def cell_dir(paths: RunPaths, cell: Cell) -> Path:
+    return paths.train / cell.domain / cell.condition / f"seed{cell.seed}"
+
+
+def cell_data(paths: RunPaths, cell: Cell) -> Path:
+    return paths.groups / cell.domain / f"{cell.condition}.chat.jsonl"
+
+
+# ---------------------------------------------------------------- stage 04: evaluation
+
+def ft_spec(P) -> PromptSpec:
+    """Fine-tuned models are scored 0-shot in the chat template they were trained with."""
+    return PromptSpec(mode=P.scoring, template=P.chat_template)
+
+
+def test_questions(paths: RunPaths, domain: str) -> dict[str, list[MCQ]]:
+    """HOMO / ID / OOD questions of a domain, as stage 01 wrote them."""
+    files = {"HOMO": "test", "ID": "id_test", "OOD": "ood_test"}
+    return {t: read_questions(paths, domain, f) for t, f in files.items()}
+
+
+def base_ft_rows(cell: Cell, test_set: str, base: pd.DataFrame, ft: pd.DataFrame, model: str) -> dict:
+    """One row of the tidy evaluation table: accuracies and knowledge consistency for a cell and test set."""
+    from ift_utils.metrics import accuracy_ci, consistency
+
+    merged = base.merge(ft, on=["domain", "id"], suffixes=("_base", "_ft"), validate="one_to_one")
+    cons = consistency(merged["probs_base"].tolist(), merged["probs_ft"].tolist())
+    acc, lo, hi = accuracy_ci(merged["correct_ft"].astype(bool).to_numpy())
+    base_acc = float(merged["correct_base"].astype(bool).mean())
+    return {"model": model, "domain": cell.domain, "condition": cell.condition, "group": cell.group,
+            "ratio": cell.ratio, "seed": cell.seed, "test_set": test_set, "n": len(merged), "base_acc": base_acc,
+            "ft_acc": acc, "ft_acc_lo": lo, "ft_acc_hi": hi, "acc_diff": acc - base_acc, "kl": cons["kl"],
+            "rank_corr": cons["rank_corr"]}
+
+
+class AdapterSwapper:
+    """Keeps one base model in memory and swaps LoRA adapters on it (no reload per cell)."""
+
+    def __init__(self, base):
+        self.base, self.model, self.current = base, None, None
+
+    def activate(self, adapter_dir: Path):
+        from peft import PeftModel
+
+        name = "a" + str(abs(hash(str(adapter_dir))))
+        if self.model is None:
+            self.model = PeftModel.from_pretrained(self.base, adapter_dir, adapter_name=name)
+        else:
+            self.model.load_adapter(adapter_dir, adapter_name=name)
+            self.model.set_adapter(name)
+            self.model.delete_adapter(self.current)
+        self.current = name
+        self.model.eval()
+        return self.model
+
+
+def evaluate_cell(scorer_model, tok, cell: Cell, P, paths: RunPaths, tests: dict[str, list[MCQ]],
+                  base: pd.DataFrame) -> list[dict]:
+    """Score one fine-tuned cell on HOMO/ID/OOD (cached per cell) and return its table rows."""
+    out = paths.eval / cell.domain / cell.condition / f"seed{cell.seed}.jsonl"
+    adapter = cell_dir(paths, cell)
+    key = {"cell": cell.key, "spec": [P.scoring, P.chat_template], "trained": read_json(adapter / "train_result.json"),
+           "questions": {t: [q.to_json() for q in qs] for t, qs in tests.items()}}
+
+    def compute() -> pd.DataFrame:
+        frames = []
+        for t, qs in tests.items():
+            if qs:
+                f = score_mcqs(scorer_model, tok, qs, ft_spec(P), max_batch=P.batch_size_eval,
+                               desc=f"eval {cell.key} {t}")
+                frames.append(f.assign(test_set=t))
+        return pd.concat(frames, ignore_index=True)
+
+    ft_all = cached_frame(out, key, compute)
+    rows = []
+    for t in tests:
+        cols = ["domain", "id", "probs", "correct"]
+        ft = ft_all[ft_all["test_set"] == t][cols]
+        b = base[(base["probe_domain"] == cell.domain) & (base["split"] == t)][cols]
+        if len(ft):
+            rows.append(base_ft_rows(cell, t, b, ft, P.model))
+    return rows
+
+
+def build_domain_groups(P, paths: RunPaths, model, tok, domain: str, probe: pd.DataFrame) -> dict:
+    """Stage 02 for one domain: groups from beliefs, explanations, checks, files (original schema + chat)."""
+    from ift_utils.explanations import ExplainConfig, generate_explanations
+    from ift_utils.interventions import (
+        attach_explanations,
+        build_groups,
+        card,
+        check_groups,
+        needed_explanations,
+        write_groups,
+    )
+
+    train = read_questions(paths, domain, "train")
+    heldout = {q.id for d in P.domains for s in ("dev", "test", "id_test", "ood_test")
+               for q in read_questions(paths, d, s)}
+    groups = build_groups(train, probe_frame(probe, domain, "train"), threshold=P.confidence_threshold,
+                          ratios=P.ratios, seed=P.data_seed, max_per_group=P.max_per_group)
+    if groups.report["n"] == 0:
+        raise ValueError(f"domain {domain!r}: no training question is confidently wrong (confidence > "
+                         f"{P.confidence_threshold}), so the incompatible and self-aligning groups are empty; "
+                         "lower confidence_threshold, raise n_train, or drop this domain")
+    cfg = ExplainConfig(style=P.explanation_style, temperature=P.explanation_temperature, top_p=P.explanation_top_p,
+                        max_new_tokens=P.explanation_max_new_tokens, batch_size=P.batch_size_eval, seed=P.data_seed)
+    need = needed_explanations(groups)
+    cache = paths.groups / domain / "explanations.cache.jsonl"
+    expl, stats = {}, {}
+    for kind in ("gold", "self"):
+        texts, stats[kind] = generate_explanations(model, tok, need[kind], cfg, cache)
+        expl[kind] = {q.id: t for (q, _), t in zip(need[kind], texts, strict=True)}
+    groups = attach_explanations(groups, expl["gold"], expl["self"])
+    problems = check_groups(groups, [q.id for q in train], heldout)
+    if problems:
+        raise AssertionError(f"domain {domain!r}: group checks failed:\n  " + "\n  ".join(problems))
+    write_groups(groups, paths.groups / domain)
+    n_general = max(1, math.ceil(P.general_ratio * max(len(e) for _, e in groups.items())))
+    general, general_report = general_pool(P, n_general)
+    sizes = {}
+    for name, _, _ in conditions(P):
+        examples = cell_examples(P, groups, name, general, tok)
+        write_jsonl(paths.groups / domain / f"{name}.chat.jsonl", examples)
+        sizes[name] = len(examples)
+    table = card(groups, mode=P.scoring).assign(domain=domain)
+    return {"groups": groups, "card": table, "explanations": stats, "general": general_report,
+            "train_sizes": sizes, "report": groups.report}
+
+
+def train_cell(P, paths: RunPaths, cell: Cell, model_path: str) -> dict:
+    """Train one cell (skipped when finished with the same data and config; a stale result is redone)."""
+    import shutil
+    from dataclasses import asdict
+
+    from ift_utils.training import TrainResult, is_done, train_adapter
+
+    examples = read_jsonl(cell_data(paths, cell))
+    cfg = train_config(P, cell.seed)
+    out = cell_dir(paths, cell)
+    if is_done(out):
+        saved = read_json(out / "train_config.json")
+        if saved.get("fingerprint") != sha256_json({"config": asdict(cfg), "model": model_path, "examples": examples}):
+            log.info("cell %s was trained on other data or settings; training it again", cell.key)
+            shutil.rmtree(out)
+    res: TrainResult = train_adapter(model_path, examples, cfg, out)
+    return {"cell": cell.key, "domain": cell.domain, "condition": cell.condition, "group": cell.group,
+            "ratio": cell.ratio, "seed": cell.seed, "method": cfg.method, "examples": res.n_examples,
+            "steps": res.steps, "train_tokens": res.train_tokens, "seconds": round(res.seconds, 1),
+            "tokens_per_s": round(res.train_tokens / res.seconds, 1) if res.seconds else math.nan,
+            "peak_rss_mb": round(res.peak_rss_mb), "peak_gpu_mb": res.peak_gpu_mb,
+            "first_loss": res.losses[0] if res.losses else math.nan,
+            "last_loss": res.losses[-1] if res.losses else math.nan}
+
+
+def loss_curves(paths: RunPaths, cells: list[Cell]) -> pd.DataFrame:
+    """Every finished cell's loss per step, in one long table."""
+    frames = []
+    for c in cells:
+        p = cell_dir(paths, c) / "loss.csv"
+        if p.exists():
+            frames.append(pd.read_csv(p).assign(domain=c.domain, condition=c.condition, seed=c.seed))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def evaluate_all(P, paths: RunPaths, cells: list[Cell]) -> pd.DataFrame:
+    """Score every finished cell on its domain's HOMO/ID/OOD sets; one tidy row per cell × test set.
+
+    LoRA/QLoRA adapters are swapped on one base model kept in memory; full fine-tunes are loaded one by one."""
+    from ift_utils.models import load_model, resolve_model
+    from ift_utils.training import is_done, load_base, load_trained
+
+    method = train_method(P)
+    path = resolve_model(P.model, allow_network=P.allow_network)
+    base_probe = read_probe(paths, P.domains)
+    _, tok = load_model(P.model, allow_network=P.allow_network, trust_remote_code=P.trust_remote_code)
+    swapper = None if method == "full" else AdapterSwapper(load_base(path, method, bf16=device_of(P) == "cuda",
+                                                                     device=device_of(P)))
+    rows, missing = [], []
+    tests = {d: test_questions(paths, d) for d in P.domains}
+    for cell in cells:
+        out = cell_dir(paths, cell)
+        if not is_done(out):
+            missing.append(cell.key)
+            continue
+        model = load_trained(path, out, method) if swapper is None else swapper.activate(out / "adapter")
+        rows += evaluate_cell(model, tok, cell, P, paths, tests[cell.domain], base_probe)
+    if missing:
+        log.warning("%d cell(s) not trained yet (other shards?): %s", len(missing), ", ".join(missing[:10]))
+    return pd.DataFrame(rows)
+
+
+def headline(verdict: pd.DataFrame, table: pd.DataFrame) -> str:
+    """One plain sentence summarizing which of the paper's claims this run supports (computed, not written)."""
+    n_seeds, n_dom = table["seed"].nunique(), table["domain"].nunique()
+    claims = verdict.groupby("claim")["supported"].agg(lambda s: int((s == True).sum()))  # noqa: E712
+    totals = verdict.groupby("claim")["supported"].size()
+    parts = [f"{c}: supported in {claims[c]} of {totals[c]} comparisons" for c in claims.index]
+    return (f"With {_models(table)}, {n_dom} domain(s) and {n_seeds} seed(s): " + "; ".join(parts) + ". "
+            "A claim counts as supported only where its 95 % interval excludes zero (or, for the correlation, p < 0.05).")
+
+
+def _models(table: pd.DataFrame) -> str:
+    return ", ".join(sorted(map(str, table["model"].unique())))

@@ -1,0 +1,249 @@
+"""Tests of ift_utils.training on the tiny random Llama: loss masking, the response-only loss, resume,
+QLoRA on CPU and skipping finished cells."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ift_utils.models import resolve_model
+from ift_utils.training import (
+    IGNORE,
+    TrainConfig,
+    TrainResult,
+    collate,
+    disable_cpu_repack,
+    encode_example,
+    epoch_batches,
+    is_done,
+    load_base,
+    load_trained,
+    plan_steps,
+    response_loss,
+    train_adapter,
+)
+
+TEMPLATE = "<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+FACTS = [("Lyon", "France"), ("Berlin", "Germany"), ("Rome", "Italy"), ("Paris", "France"),
+         ("Madrid", "Spain"), ("Lisbon", "Portugal"), ("Vienna", "Austria"), ("Oslo", "Norway")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on 2 shared cores OpenMP spin-waiting makes tiny ops ~100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> str:
+    return resolve_model("tiny-random")
+
+
+@pytest.fixture(scope="module")
+def tok(tiny: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny)
+
+
+def examples(repeat: int = 2) -> list[dict]:
+    """A small repeated data set of chat-formatted prompts and short answers."""
+    return [{"prompt": TEMPLATE.format(q=f"In which country is the city of {city}?"), "response": country}
+            for city, country in FACTS] * repeat
+
+
+# The tiny model's frozen tied head (init std 0.02) caps how far LoRA can move its logits: its loss starts near
+# ln(vocab) = 6.0 and LoRA brings it down by ~0.2 at most, while full fine-tuning falls by several nats.
+FAST = TrainConfig(lora_r=8, lora_alpha=32, epochs=4, learning_rate=5e-2, batch_size=4, warmup_ratio=0.0,
+                   max_length=64)
+
+
+@pytest.fixture(scope="module")
+def lora_cell(tiny: str, tmp_path_factory) -> TrainResult:
+    return train_adapter(tiny, examples(), FAST, tmp_path_factory.mktemp("cells") / "lora", progress=False)
+
+
+def test_prompt_tokens_are_masked_exactly(tok) -> None:
+    prompt, response = TEMPLATE.format(q="In which country is the city of Lyon?"), "France. A city."
+    enc = encode_example(tok, prompt, response, max_length=256)
+    prompt_ids = tok(prompt)["input_ids"]
+    response_ids = tok(response, add_special_tokens=False)["input_ids"]
+    assert enc["input_ids"] == prompt_ids + response_ids + [tok.eos_token_id]
+    batch = collate([enc, encode_example(tok, "short", "x", 256)], pad_id=tok.pad_token_id)
+    labels = batch["labels"][0]
+    assert int((labels != IGNORE).sum()) == len(response_ids) + 1
+    assert labels[: len(prompt_ids)].eq(IGNORE).all()
+    assert labels[len(prompt_ids):].tolist() == response_ids + [tok.eos_token_id]
+    assert batch["attention_mask"][1].sum() == len(encode_example(tok, "short", "x", 256)["input_ids"])
+
+
+def test_truncation_cuts_the_prompt_from_the_left_never_the_response(tok) -> None:
+    prompt, response = TEMPLATE.format(q="In which country is the city of Lyon?"), "France"
+    n_response = len(tok(response, add_special_tokens=False)["input_ids"]) + 1
+    enc = encode_example(tok, prompt, response, max_length=n_response + 3)
+    assert enc["truncated"] and len(enc["input_ids"]) == n_response + 3
+    assert enc["input_ids"][:3] == tok(prompt)["input_ids"][-3:]
+    assert sum(label != IGNORE for label in enc["labels"]) == n_response
+    assert encode_example(tok, prompt, response, max_length=n_response) is None  # no room for a prompt token
+
+
+def test_batches_are_seeded_length_grouped_and_cover_every_example() -> None:
+    lengths = list(np.random.default_rng(1).integers(5, 200, size=100))
+    a, b = epoch_batches(lengths, 8, seed=3, epoch=0), epoch_batches(lengths, 8, seed=3, epoch=0)
+    assert a == b and a != epoch_batches(lengths, 8, seed=3, epoch=1)
+    assert sorted(i for batch in a for i in batch) == list(range(100))
+    padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in a)
+    rng_order = np.random.default_rng(0).permutation(100)
+    naive = sum(len(c) * max(lengths[i] for i in c) for c in np.array_split(rng_order, 13))
+    assert padded < 0.7 * naive
+    steps, per_epoch = plan_steps(lengths, TrainConfig(batch_size=8, grad_accum=2, epochs=1.5), world=2)
+    assert per_epoch == 4 and len(steps) == 6 and all(len(s.micro) == 4 for s in steps)
+
+
+def test_response_only_logits_loss_equals_full_logits_loss(tiny: str, tok) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(load_base(tiny, "lora", device="cpu"),
+                           LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM"))
+    for name, p in model.named_parameters():  # non-zero lora_B so the adapter takes part
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    feats = [encode_example(tok, ex["prompt"], ex["response"] + " and more", 64) for ex in examples(1)[:4]]
+    batch = collate(feats, tok.pad_token_id)
+    grads = []
+    values = []
+    for response_only in (True, False):
+        model.zero_grad()
+        summed, count = response_loss(model, **batch, response_only=response_only)
+        (summed / count).backward()
+        values.append(float(summed.detach() / count))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    reference = float(model(**batch).loss.detach())
+    assert abs(values[0] - reference) < 1e-5 and abs(values[1] - reference) < 1e-5
+    for name, g in grads[0].items():
+        torch.testing.assert_close(g, grads[1][name], rtol=1e-4, atol=1e-6)
+
+
+def test_lora_loss_falls_and_cell_is_complete(lora_cell: TrainResult, tiny: str) -> None:
+    per_epoch = lora_cell.steps // 4
+    first, last = np.mean(lora_cell.losses[:per_epoch]), np.mean(lora_cell.losses[-per_epoch:])
+    assert last < first - 0.1, (first, last)
+    out = lora_cell.out_dir
+    assert is_done(out) and (out / "adapter" / "adapter_model.safetensors").exists()
+    assert not (out / "checkpoints").exists()
+    rows = (out / "loss.csv").read_text().splitlines()
+    assert rows[0] == "step,epoch,loss,lr" and len(rows) == 1 + lora_cell.steps
+    assert json.loads((out / "train_config.json").read_text())["config"]["lora_r"] == 8
+    assert lora_cell.train_tokens > lora_cell.loss_tokens > 0 and lora_cell.peak_rss_mb > 0
+    assert lora_cell.n_examples == 16 and lora_cell.peak_gpu_mb is None
+    model = load_trained(tiny, out, "lora")
+    base = load_base(tiny, "lora", device="cpu").eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert not torch.allclose(model(ids).logits, base(ids).logits)
+
+
+def test_finished_cell_is_skipped(lora_cell: TrainResult, tiny: str) -> None:
+    def fail(step: int, loss: float) -> None:
+        raise AssertionError("a finished cell must not train again")
+
+    again = train_adapter(tiny, examples(), FAST, lora_cell.out_dir, progress=False, on_step=fail)
+    assert again == lora_cell
+
+
+def test_full_finetuning_learns_and_reloads(tiny: str, tmp_path: Path) -> None:
+    cfg = TrainConfig(method="full", epochs=3, learning_rate=1e-2, batch_size=4, warmup_ratio=0.0, max_length=64)
+    result = train_adapter(tiny, examples(), cfg, tmp_path / "full", progress=False)
+    assert np.mean(result.losses[-4:]) < np.mean(result.losses[:4]) - 1.0, result.losses
+    assert (tmp_path / "full" / "model" / "model.safetensors").exists()
+    model = load_trained(tiny, tmp_path / "full", "full")
+    assert not model.training and model.get_input_embeddings().weight.shape[0] > 0
+
+
+class Interrupt(Exception):
+    """Simulated crash in the middle of a run."""
+
+
+def _stop_at(k: int):
+    def hook(step: int, loss: float) -> None:
+        if step == k:
+            raise Interrupt
+
+    return hook
+
+
+def test_resume_after_interruption_gives_identical_adapter(tiny: str, tmp_path: Path) -> None:
+    cfg = TrainConfig(lora_r=4, lora_dropout=0.1, epochs=2, batch_size=4, save_every=3, learning_rate=1e-2,
+                      seed=7, max_length=64)
+    data = examples()
+    whole = train_adapter(tiny, data, cfg, tmp_path / "whole", progress=False)
+    with pytest.raises(Interrupt):
+        train_adapter(tiny, data, cfg, tmp_path / "resumed", progress=False, on_step=_stop_at(5))
+    assert not is_done(tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "checkpoints" / "step-3" / "state.json").exists()
+    seen: list[int] = []
+    resumed = train_adapter(tiny, data, cfg, tmp_path / "resumed", progress=False,
+                            on_step=lambda step, loss: seen.append(step))
+    assert seen[0] == 4  # restarted after the checkpoint at step 3
+    assert resumed.losses == whole.losses and resumed.steps == whole.steps == 8
+    a = load_file(str(tmp_path / "whole" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 0
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _bnb_cpu_4bit() -> str | None:
+    """Why bitsandbytes 4-bit on CPU cannot be tested here, or None when it can."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        return f"bitsandbytes is not installed ({e})"
+    try:
+        load_base(resolve_model("tiny-random"), "qlora", device="cpu")
+    except Exception as e:  # noqa: BLE001 - any failure means the backend is missing
+        return f"bitsandbytes cannot load a 4-bit model on CPU here: {e}"
+    return None
+
+
+def test_qlora_on_cpu_saves_bit_exact_and_learns(tiny: str, tmp_path: Path) -> None:
+    reason = _bnb_cpu_4bit()
+    if reason:
+        pytest.skip(reason)
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM
+
+    model = load_base(tiny, "qlora", device="cpu").eval()
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():  # an eval-mode forward is what repacks (and corrupts) weights without the work-around
+        logits = model(torch.tensor([[5, 6, 7, 8]])).logits
+    model.save_pretrained(tmp_path / "q4", safe_serialization=True)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "q4", device_map={"": "cpu"})
+    assert disable_cpu_repack(again) == len(layers)  # needed again after every 4-bit load
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in again.modules()) == len(layers)
+    after = again.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with torch.no_grad():
+        assert torch.equal(again.eval()(torch.tensor([[5, 6, 7, 8]])).logits, logits)
+
+    cfg = TrainConfig(**{**FAST.__dict__, "method": "qlora", "epochs": 3})
+    result = train_adapter(tiny, examples(), cfg, tmp_path / "qlora", progress=False)
+    assert np.mean(result.losses[-4:]) < np.mean(result.losses[:4]) - 0.1, result.losses
+    trained = load_trained(tiny, tmp_path / "qlora", "qlora")
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in trained.modules())
+
+
+def test_unknown_method_is_rejected() -> None:
+    with pytest.raises(ValueError, match="method"):
+        TrainConfig(method="adapter")
