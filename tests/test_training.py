@@ -201,6 +201,65 @@ def test_resume_after_interruption_gives_identical_adapter(tiny: str, tmp_path: 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+DDP_SCRIPT = """
+import json, sys
+from pathlib import Path
+import torch
+from safetensors.torch import load_file
+from ift_utils.training import TrainConfig, train_adapter
+
+torch.set_num_threads(1)
+out = Path(sys.argv[1])
+data = json.loads((out / "data.json").read_text())
+cfg = TrainConfig(lora_r=4, lora_dropout=0.1, epochs=2, batch_size=2, save_every=2, max_length=64, seed=3)
+
+class Stop(Exception):
+    pass
+
+def stop(step, loss):
+    if step == 3:
+        raise Stop
+
+whole = train_adapter("tiny-random", data, cfg, out / "whole", progress=False)
+try:
+    train_adapter("tiny-random", data, cfg, out / "resumed", progress=False, on_step=stop)
+except Stop:
+    pass
+resumed = train_adapter("tiny-random", data, cfg, out / "resumed", progress=False)
+nodrop = train_adapter("tiny-random", data, TrainConfig(**{**cfg.__dict__, "lora_dropout": 0.0}), out / "nodrop",
+                       progress=False)
+a = load_file(str(out / "whole" / "adapter" / "adapter_model.safetensors"))
+b = load_file(str(out / "resumed" / "adapter" / "adapter_model.safetensors"))
+(out / "report.json").write_text(json.dumps({"steps": whole.steps, "losses": whole.losses,
+    "nodrop": nodrop.losses, "same_losses": whole.losses == resumed.losses, "same_adapter": all(torch.equal(a[k], b[k]) for k in a)}))
+"""
+
+
+@pytest.mark.slow  # two worker processes, each importing torch + transformers (~15-25 s on 2 cores)
+def test_two_process_ddp_on_cpu_resumes_exactly_and_matches_grad_accum(tiny: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is not available")
+    data = examples(1)
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--standalone", str(tmp_path / "ddp.py"), str(tmp_path)],
+                         env=env, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["steps"] == 4 and report["same_losses"] and report["same_adapter"]
+    # 2 processes x batch 2 = 1 process x batch 2 x grad_accum 2: the same batches and token-weighted loss
+    cfg = TrainConfig(lora_r=4, lora_dropout=0.0, epochs=2, batch_size=2, grad_accum=2, max_length=64, seed=3)
+    single = train_adapter(tiny, data, cfg, tmp_path / "single", progress=False)
+    np.testing.assert_allclose(single.losses, report["nodrop"], rtol=0, atol=1e-5)
+
+
 def _bnb_cpu_4bit() -> str | None:
     """Why bitsandbytes 4-bit on CPU cannot be tested here, or None when it can."""
     try:
