@@ -43,7 +43,7 @@ class StudyParams(BaseModel):
     # data
     data_source: Literal["facts", "mmlu", "jsonl"] = "facts"
     data_path: str | None = Field(None, description="folder of {domain}/{train,dev,test}.jsonl for data_source=jsonl")
-    domains: list[str] = Field(default_factory=lambda: ["city_country", "city_timezone", "country_currency"],
+    domains: list[str] = Field(default_factory=lambda: ["city_country", "us_city_state"],
                                min_length=1)
     id_ood_source: Literal["facts", "mmlu", "none"] = "facts"
     n_train: int | None = Field(None, ge=1, description="training questions probed per domain (None = all)")
@@ -119,6 +119,20 @@ class StudyParams(BaseModel):
             raise ValueError(f"shard_index ({self.shard_index}) must be < num_shards ({self.num_shards})")
         if self.data_source == "jsonl" and not self.data_path:
             raise ValueError("data_path is required when data_source is 'jsonl'")
+        for key in ("data_path", "general_data"):
+            value = getattr(self, key)
+            if value:
+                path = Path(value).expanduser()
+                path = path if path.is_absolute() else PROJECT_ROOT / path
+                if not path.exists():
+                    raise ValueError(f"{key}: {value!r} does not exist (relative paths are taken from {PROJECT_ROOT})")
+                object.__setattr__(self, key, str(path.resolve()))
+        if self.data_source == "facts":
+            from ift_utils.data_facts import FACTS_DOMAINS
+
+            unknown = [d for d in self.domains if d not in FACTS_DOMAINS]
+            if unknown:
+                raise ValueError(f"domains: {unknown} are not facts domains; choose from {list(FACTS_DOMAINS)}")
         if self.model not in MODEL_NAMES and not self.allow_network and not Path(self.model).expanduser().exists():
             raise ValueError(f"model {self.model!r} is not one of {list(MODEL_NAMES)} nor an existing folder; "
                              "a hub id needs allow_network: true")

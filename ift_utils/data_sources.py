@@ -29,8 +29,9 @@ MMLU_ID_SUBJECTS: dict[str, tuple[str, ...]] = {
                       "high school psychology", "professional psychology"),
     # facts domains (used with id_ood_source: mmlu and larger models)
     "city_country": ("high school geography",),
-    "city_timezone": ("high school geography",),
-    "country_currency": ("high school macroeconomics", "high school geography"),
+    "us_city_state": ("high school geography", "high school us history"),
+    "city_continent": ("high school geography",),
+    "us_city_zone": ("high school geography",),
 }
 
 

@@ -217,7 +217,7 @@ def to_chat_examples(examples: list[Example], *, mode: str, template: str,
     out = []
     for ex in examples:
         q = example_mcq(ex)
-        out.append({"prompt": chat(ift_query(q, with_context=ex["with_context"]), template, tokenizer),
+        out.append({"prompt": chat(ift_query(q, with_context=ex["with_context"], mode=mode), template, tokenizer),
                     "response": ift_response(q, ex["target"], ex["explanation"], mode)})
     return out
 

@@ -47,13 +47,13 @@ def build_prompt(q: MCQ, spec: PromptSpec, tokenizer=None) -> str:
         if spec.mode == "letter":
             return prompts.letter_prompt(q, spec.demos, spec.subject or q.subject, mmlu_quirk=spec.mmlu_quirk)
         return prompts.cloze_prompt(q, spec.demos, spec.subject or q.subject)
-    return prompts.chat(prompts.ift_query(q), spec.template, tokenizer)
+    return prompts.chat(prompts.ift_query(q, mode=spec.mode), spec.template, tokenizer) + \
+        prompts.response_prefix(spec.mode)
 
 
 def continuations(q: MCQ, spec: PromptSpec) -> list[str]:
-    """Cloze continuations: ` text` after `Answer:` in the k-shot prompt, the answer text after a chat opener."""
-    sep = " " if spec.template == "none" else ""
-    return [sep + prompts.answer_text(q, i, "cloze") for i in range(len(q.choices))]
+    """Cloze continuations: ` text` after `Answer:` (in the k-shot prompt and at the start of a chat answer)."""
+    return [" " + prompts.answer_text(q, i, "cloze") for i in range(len(q.choices))]
 
 
 def letter_token_ids(tokenizer, n: int) -> list[int]:

@@ -74,20 +74,28 @@ def chat(prompt: str, template: str, tokenizer=None) -> str:
     raise ValueError(f"chat template must be one of {CHAT_TEMPLATES}, got {template!r}")
 
 
-def ift_query(q: MCQ, *, with_context: bool = False) -> str:
-    """The user turn of an IFT example and of 0-shot evaluation: the question block (optionally
-    preceded by the question's knowledge context, for the contextualized group)."""
-    block = question_block(q)
-    return f"{q.context}\n{block}" if with_context and q.context else block
+def ift_query(q: MCQ, *, with_context: bool = False, mode: str = "letter") -> str:
+    """The user turn of an IFT example and of 0-shot evaluation: the question block with lettered options
+    (letter mode) or the bare question (cloze mode, where options are scored as text, not shown),
+    preceded by the question's knowledge context for the contextualized group."""
+    body = question_block(q) if mode == "letter" else q.question
+    return f"{q.context}\n{body}" if with_context and q.context else body
+
+
+def response_prefix(mode: str) -> str:
+    """What the assistant turn starts with before the answer: nothing in letter mode (the letter comes
+    first); `Answer:` in cloze mode, so the option text is scored as ` {text}`, with the same natural
+    word tokens as in the k-shot cloze prompt (a bare name at the start of a turn splits into odd pieces)."""
+    return "" if mode == "letter" else "Answer:"
 
 
 def ift_response(q: MCQ, choice: int, explanation: str, mode: str) -> str:
-    """The assistant turn: the chosen answer (as `L. text` in letter mode, as text in cloze mode) and
+    """The assistant turn: the chosen answer (`L. text` in letter mode, `Answer: text` in cloze mode) and
     its explanation. Evaluation scores exactly this answer prefix, so training and scoring agree."""
-    answer = answer_text(q, choice, mode)
+    answer = f"{LETTERS[choice]}. {q.choices[choice]}" if mode == "letter" else f"Answer: {q.choices[choice]}"
     return f"{answer}\n{explanation}".strip() if explanation else answer
 
 
 def answer_text(q: MCQ, choice: int, mode: str) -> str:
-    """How an answer is written at the start of a response in each scoring mode."""
+    """How an answer is written in a response in each scoring mode (without the cloze prefix)."""
     return f"{LETTERS[choice]}. {q.choices[choice]}" if mode == "letter" else q.choices[choice]

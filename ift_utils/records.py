@@ -6,15 +6,14 @@ We add ``domain``, ``subject``, ``context`` and ``popularity`` (all optional on 
 
 Rejection rule (stated once, applied by every source): a row is *rejected* when it is not a JSON
 object, lacks ``question``/``choices``/``answer``, has fewer than 2 choices, an answer index that is not
-an integer in range, a non-finite number, an empty question, duplicate choice texts, or an id already
-seen; it is *repaired* (and counted as such) when only whitespace needed normalizing or an id was
-missing (the row's position is used). Nothing is dropped without being counted in a `RowReport`.
+an integer in range, a non-finite number, an empty question or choice, or an id already seen; it is
+*repaired* (and counted as such) when only surrounding whitespace needed stripping, an integral float
+answer or a numeric-string id needed converting, or an id was missing (the row's position is used). Nothing is dropped without being counted in a `RowReport`.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -77,9 +76,6 @@ class RowError(ValueError):
         self.reason = reason
 
 
-_WS = re.compile(r"\s+")
-
-
 def _clean(text: Any, what: str) -> tuple[str, bool]:
     if not isinstance(text, str):
         if isinstance(text, (int, float)) and not isinstance(text, bool) and math.isfinite(text):
@@ -88,7 +84,7 @@ def _clean(text: Any, what: str) -> tuple[str, bool]:
             raise RowError(f"bad_{what}", f"{what} must be text, got {type(text).__name__}")
     if len(text) > MAX_FIELD_CHARS:
         raise RowError("field_too_long", f"{what} has {len(text)} characters (max {MAX_FIELD_CHARS})")
-    cleaned = _WS.sub(" ", text).strip()
+    cleaned = text.strip()  # inner whitespace is content (MMLU questions hold newlines): kept as is
     return cleaned, cleaned != text
 
 
@@ -118,8 +114,6 @@ def parse_row(row: Any, *, position: int, domain: str = "", subject: str = "") -
         if not text:
             raise RowError("empty_choice")
         choices.append(text)
-    if len(set(choices)) != len(choices):
-        raise RowError("duplicate_choices")
     answer = row["answer"]
     if isinstance(answer, float) and math.isfinite(answer) and answer.is_integer():
         answer, repaired = int(answer), True

@@ -20,14 +20,15 @@ STAGE_TITLES = {
     "05_analysis": "Analysis: figures, statistics and verdict",
 }
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;font-size:.9em;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+table{border-collapse:collapse;font-size:.9em;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}td.num{text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}figure{margin:1.5em 0}
 img{max-width:100%;border:1px solid #eee}figcaption{font-size:.9em;color:#555}.yes{color:#16794a;font-weight:600}
 .no{color:#a33;font-weight:600}nav li{margin:.2em 0}code{background:#f5f5f5;padding:0 .2em}"""
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, border=0, float_format=lambda x: f"{x:.3g}", escape=True)
+    """An HTML table with fixed decimals for numbers."""
+    return frame.to_html(index=False, border=0, float_format=lambda x: f"{x:.2f}", escape=True, na_rep="–")
 
 
 def build_report(run_dir: Path, figures: list[tuple[str, str]], verdict: pd.DataFrame, headline: str) -> Path:
@@ -37,8 +38,10 @@ def build_report(run_dir: Path, figures: list[tuple[str, str]], verdict: pd.Data
     params = manifest.get("params", {})
     versions = manifest.get("versions", {})
     stages = manifest.get("stages", {})
+    fig_toc = "".join(f"<li><a href='#fig-{stem}'>{html.escape(cap.split('.')[0])}</a></li>" for stem, cap in figures)
     toc = ["<li><a href='#verdict'>Verdict</a></li>", "<li><a href='#stages'>Stages</a></li>",
-           "<li><a href='#figures'>Figures</a></li>", "<li><a href='#params'>Parameters and versions</a></li>"]
+           f"<li><a href='#figures'>Figures</a><ol>{fig_toc}</ol></li>",
+           "<li><a href='#params'>Parameters and versions</a></li>"]
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Report · {html.escape(run_dir.name)}"
              f"</title><style>{CSS}</style></head><body>",
              f"<h1>Learning or self-aligning? · run <code>{html.escape(run_dir.name)}</code></h1>",
@@ -54,16 +57,19 @@ def build_report(run_dir: Path, figures: list[tuple[str, str]], verdict: pd.Data
     parts.append("<h2 id='stages'>Stages</h2><ol>")
     for stem, title in STAGE_TITLES.items():
         rec = stages.get(stem, {})
-        link = f"<a href='{stem}.html'>{stem}.html</a>" if (run_dir / f"{stem}.html").exists() or stem == "05_analysis" \
-            else "not run"
+        status = "running (this page)" if stem == "05_analysis" else rec.get("status", "not run")
+        links = (f"<a href='{stem}.html'>{stem}.html</a> (<a href='{stem}.ipynb'>notebook</a>)"
+                 if rec.get("status") == "done" or stem == "05_analysis" else "")
         secs = f" · {rec['seconds']:.0f} s" if "seconds" in rec else ""
-        parts.append(f"<li><strong>{html.escape(title)}</strong> — {link} "
-                     f"(<a href='{stem}.ipynb'>notebook</a>){secs}</li>")
+        parts.append(f"<li><strong>{html.escape(title)}</strong> — {html.escape(status)} {links}{secs}</li>")
     parts.append("</ol><h2 id='figures'>Figures</h2>")
     for i, (stem, caption) in enumerate(figures, 1):
         if (run_dir / "figures" / f"{stem}.png").exists():
             parts.append(f"<figure id='fig-{stem}'><img src='figures/{stem}.png' alt='{html.escape(caption)}'>"
                          f"<figcaption>Figure {i}. {html.escape(caption)}</figcaption></figure>")
+        else:
+            parts.append(f"<p id='fig-{stem}'>Figure {i}. {html.escape(caption)} — not produced "
+                         f"(figures/{stem}.png is missing).</p>")
     parts.append("<h2 id='params'>Parameters and versions</h2>")
     parts.append(_table(pd.DataFrame({"parameter": list(params), "value": [json.dumps(x) for x in params.values()]})))
     parts.append(_table(pd.DataFrame({"package": list(versions), "version": list(versions.values())})))

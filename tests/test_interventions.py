@@ -176,7 +176,7 @@ def test_contextualized_chat_examples_and_card() -> None:
         assert c["prompt"] == vicuna(f"{ex['context']}\n{q_block}" if ex["context"] else q_block)
         assert c["response"] == p["response"] and p["response"].startswith(f"{'ABCD'[ex['answer']]}. ")
     selfs = to_chat_examples(g.self_aligning, mode="cloze", template="none")
-    assert all(s["response"].startswith(ex["choices"][ex["pred"]] + "\n") for s, ex in zip(selfs, g.self_aligning, strict=True))
+    assert all(s["response"].startswith("Answer: " + ex["choices"][ex["pred"]] + "\n") for s, ex in zip(selfs, g.self_aligning, strict=True))
     assert g.report["contextualized_without_context"] > 0
     frame = card(g)
     assert list(frame["group"]) == ["incompatible", "self_aligning", "harmonious", "contextualized",

@@ -40,7 +40,9 @@ def test_ift_query_and_response():
     assert prompts.ift_query(q) == "Where is Lyon?\nA. Spain\nB. France\nAnswer:"
     assert prompts.ift_query(q, with_context=True) == "Lyon is in France.\nWhere is Lyon?\nA. Spain\nB. France\nAnswer:"
     assert prompts.ift_response(q, 1, "Because.", "letter") == "B. France\nBecause."
-    assert prompts.ift_response(q, 0, "", "cloze") == "Spain"
+    assert prompts.ift_response(q, 0, "", "cloze") == "Answer: Spain"
+    assert prompts.ift_query(q, mode="cloze") == "Where is Lyon?"
+    assert prompts.ift_query(q, with_context=True, mode="cloze") == "Lyon is in France.\nWhere is Lyon?"
 
 
 def test_model_chat_template(tiny):

