@@ -58,9 +58,13 @@ def code_hash() -> str:
     return h.hexdigest()
 
 
+NOT_RESULTS = ("run_name", "output_root", "threads", "batch_size_eval")  # where and how fast, not what
+
+
 def stage_params(P: StudyParams, stage: str) -> dict[str, Any]:
-    """The parameters a stage depends on (those first used by later stages are left out)."""
-    return {k: v for k, v in P.model_dump().items() if FIRST_USED_BY.get(k, "00") <= stage}
+    """The parameters a stage's results depend on (those first used by later stages are left out)."""
+    return {k: v for k, v in P.model_dump().items()
+            if FIRST_USED_BY.get(k, "00") <= stage and k not in NOT_RESULTS}
 
 
 def fingerprint(nb: Path, P: StudyParams, prev: str, code: str) -> str:
