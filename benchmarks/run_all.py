@@ -139,8 +139,8 @@ def non_embedding_params(model) -> int:
     return total
 
 
-def letter_spec(ps: ProbeSet, mode: str = "letter"):
-    """The original study's 5-shot prompt for one subject (paper strings, MMLU quirk)."""
+def paper_spec(ps: ProbeSet, mode: str = "letter"):
+    """The original study's k-shot prompt for one subject (paper strings, MMLU quirk) in either scoring mode."""
     from ift_utils.probing import PromptSpec
 
     return PromptSpec(mode=mode, demos=ps.demos, subject=ps.subject, template="none", mmlu_quirk=True)
@@ -151,7 +151,7 @@ def token_counts(tok, ps: ProbeSet, mode: str) -> tuple[int, int, int]:
     the shared prefix once, then every row's own suffix (padding not counted)."""
     from ift_utils.probing import build_prompt, continuations
 
-    spec = letter_spec(ps, mode)
+    spec = paper_spec(ps, mode)
     rows: list[tuple[list[int], int]] = []
     full = 0
     for q in ps.questions:
@@ -201,7 +201,7 @@ def chat_examples(tok, questions: list[MCQ]) -> list[dict]:
     from ift_utils.explanations import fallback_explanation
     from ift_utils.prompts import chat, ift_query, ift_response
 
-    return [{"prompt": chat(ift_query(q), "model", tok),
+    return [{"prompt": chat(ift_query(q, mode="cloze"), "model", tok),
              "response": ift_response(q, q.answer, fallback_explanation(q, q.answer), "cloze")} for q in questions]
 
 
@@ -214,11 +214,11 @@ def bench_probing(model, tok, sets: list[ProbeSet], max_batch: int) -> tuple[lis
 
     first = sets[0]
     warm = ProbeSet(first.subject, first.demos, first.questions[:1])
-    score_reference(model, tok, warm.questions, letter_spec(warm))
-    score_mcqs(model, tok, warm.questions, letter_spec(warm), max_batch=max_batch, show_progress=False)
+    score_reference(model, tok, warm.questions, paper_spec(warm))
+    score_mcqs(model, tok, warm.questions, paper_spec(warm), max_batch=max_batch, show_progress=False)
 
-    ref, t_ref = timed(lambda: [score_reference(model, tok, ps.questions, letter_spec(ps)) for ps in sets])
-    ours, t_ours = timed(lambda: [score_mcqs(model, tok, ps.questions, letter_spec(ps), max_batch=max_batch,
+    ref, t_ref = timed(lambda: [score_reference(model, tok, ps.questions, paper_spec(ps)) for ps in sets])
+    ours, t_ours = timed(lambda: [score_mcqs(model, tok, ps.questions, paper_spec(ps), max_batch=max_batch,
                                              show_progress=False) for ps in sets])
     p_ref = np.array([p for f in ref for p in f.probs.tolist()])
     p_ours = np.array([p for f in ours for p in f.probs.tolist()])
@@ -258,9 +258,9 @@ def bench_cloze(model, tok, sets: list[ProbeSet], max_batch: int, letter_seconds
     from ift_utils.probing import score_mcqs
 
     first = sets[0]
-    score_mcqs(model, tok, first.questions[:1], letter_spec(first, "cloze"), max_batch=max_batch,
+    score_mcqs(model, tok, first.questions[:1], paper_spec(first, "cloze"), max_batch=max_batch,
                show_progress=False)
-    frames, t = timed(lambda: [score_mcqs(model, tok, ps.questions, letter_spec(ps, "cloze"), max_batch=max_batch,
+    frames, t = timed(lambda: [score_mcqs(model, tok, ps.questions, paper_spec(ps, "cloze"), max_batch=max_batch,
                                           show_progress=False) for ps in sets])
     n = sum(len(ps.questions) for ps in sets)
     counts = [token_counts(tok, ps, "cloze") for ps in sets]
@@ -481,6 +481,7 @@ def machine_meta(args, sizes: Sizes) -> dict:
             "versions": f"python {platform.python_version()}, torch {torch.__version__}, "
                         f"transformers {transformers.__version__}",
             "model": f"{args.model} (fp32)",
+            "our scorer": f"score_mcqs max_batch {args.max_batch}, max_tokens 4096",
             "sizes": f"{sizes.per_subject} questions × {len(args.subjects)} subjects, {sizes.k_shot}-shot; "
                      f"{sizes.explain_items} explanation items; {sizes.train_examples} training examples"}
 
@@ -496,6 +497,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", default="smollm2-135m-instruct", help="registry name or local folder")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {','.join(SECTIONS)}")
     ap.add_argument("--per-subject", type=int, default=None, help="scored questions per subject (default 40)")
+    ap.add_argument("--max-batch", type=int, default=None,
+                    help="our scorer's max_batch (default: params/default.yaml's batch_size_eval)")
     ap.add_argument("--subjects", default="|".join(SUBJECTS), help="MMLU subjects separated by |")
     ap.add_argument("--runs-root", default=str(PROJECT_ROOT / "outputs"), help="where the smoke/default runs live")
     args = ap.parse_args(argv)
@@ -512,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = Sizes.quick() if args.quick else Sizes()
+    args.max_batch = args.max_batch or load_params(PROJECT_ROOT / "params" / "default.yaml").batch_size_eval
     if args.per_subject:
         sizes = Sizes(**{**asdict(sizes), "per_subject": args.per_subject})
     t_start = time.perf_counter()
@@ -535,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += r
     if {"probing", "cloze"} & set(args.only):
         sets = probe_sets(args.subjects, sizes)
-        max_batch = load_params(PROJECT_ROOT / "params" / "default.yaml").batch_size_eval
+        max_batch = args.max_batch
         if "probing" in args.only:
             r, probing = section("probing", lambda: bench_probing(model, tok, sets, max_batch))
             rows += r
@@ -549,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
             if probing is None:  # our letter mode on the same questions, for the ratio
                 from ift_utils.probing import score_mcqs
 
-                _, t = timed(lambda: [score_mcqs(model, tok, ps.questions, letter_spec(ps), max_batch=max_batch,
+                _, t = timed(lambda: [score_mcqs(model, tok, ps.questions, paper_spec(ps), max_batch=max_batch,
                                                  show_progress=False) for ps in sets])
                 per_q = t / sum(len(ps.questions) for ps in sets)
             else:

@@ -87,9 +87,28 @@ class _PrefixScorer:
     def __init__(self, model, prefix: list[int], pad_id: int):
         self.model, self.pad_id, self.L = model, pad_id, len(prefix)
         self.cache = None
+        self._by_batch: dict[int, object] = {}  # prefix cache expanded to each batch size, reused after crop
         if prefix:
             out = model(input_ids=torch.tensor([prefix]), use_cache=True, logits_to_keep=1)
             self.cache = getattr(out, "cache", None) or out.past_key_values
+
+    def _cache_for(self, B: int):
+        """The prefix cache for a batch of B rows; the forward pass appends to it, `crop` undoes that."""
+        if self.cache is None:
+            return None
+        cache = self._by_batch.get(B)
+        if cache is None:
+            cache = copy.deepcopy(self.cache)
+            if B > 1:
+                cache.batch_repeat_interleave(B)
+            if not getattr(cache, "is_croppable", True):
+                return cache  # cannot be reset: use a fresh copy every time
+            self._by_batch[B] = cache
+        else:
+            extra = cache.get_seq_length() - self.L
+            if extra > 0:
+                cache.crop(-extra)
+        return cache
 
     def last_logits(self, suffixes: list[list[int]], keep: int) -> torch.Tensor:
         """Logits (B, keep, V) at the last `keep` positions of each prefix+suffix (left-padded suffixes)."""
@@ -101,26 +120,25 @@ class _PrefixScorer:
             ids[b, S - len(s):] = torch.tensor(s)
             mask[b, self.L + S - len(s):] = 1
         pos = (self.L + torch.cumsum(mask[:, self.L:], dim=1) - 1).clamp(min=self.L)
-        cache = None
-        if self.cache is not None:
-            cache = copy.deepcopy(self.cache)
-            if B > 1:
-                cache.batch_repeat_interleave(B)
+        cache = self._cache_for(B)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
                          use_cache=self.cache is not None, logits_to_keep=keep)
         return out.logits.float()
 
 
-def _batches(order: list[int], lengths: list[int], max_tokens: int, max_batch: int):
+def _batches(order: list[int], lengths: list[int], max_tokens: int, max_batch: int, max_pad: float = 0.1):
+    """Consecutive rows of a length-sorted order, closing a batch when it would exceed `max_batch` rows,
+    `max_tokens` padded tokens, or a padding share of `max_pad` (padding is pure waste on a CPU)."""
     batch: list[int] = []
-    longest = 0
+    real = longest = 0
     for i in order:
-        longest_new = max(longest, lengths[i])
-        if batch and (len(batch) >= max_batch or longest_new * (len(batch) + 1) > max_tokens):
+        new_longest, new_real = max(longest, lengths[i]), real + lengths[i]
+        padded = new_longest * (len(batch) + 1)
+        if batch and (len(batch) >= max_batch or padded > max_tokens or padded - new_real > max_pad * padded):
             yield batch
-            batch, longest_new = [], lengths[i]
+            batch, new_longest, new_real = [], lengths[i], lengths[i]
         batch.append(i)
-        longest = longest_new
+        longest, real = new_longest, new_real
     if batch:
         yield batch
 

@@ -1,0 +1,50 @@
+"""The benchmark suite runs end to end on the tiny model (figures meaningless) and writes its report."""
+
+import csv
+
+import pytest
+
+from benchmarks import run_all, train_worker
+
+
+def test_row_ratio_and_format():
+    assert run_all.Row("s", "m", 6.0, 2.0).ratio == 3.0
+    assert run_all.Row("s", "m", "not run").ratio is None
+    assert run_all.Row("s", "m", 1.0, None).ratio is None
+    assert run_all.fmt(4.7e-6) == "4.7e-06"
+    assert run_all.fmt(1234.5) == "1,234"
+    assert run_all.fmt(None) == ""
+
+
+def test_markdown_escapes_pipes():
+    text = run_all.markdown([run_all.Row("probing", "max |Δp|", 1e-6, 1e-4)], {"quick": True}, ["PASS: x"])
+    assert "max \\|Δp\\|" in text
+    assert "not representative" in text
+
+
+@pytest.mark.slow
+def test_quick_run_on_tiny_model(tmp_path, tiny):
+    rc = run_all.main(["--quick", "--model", "tiny-random", "--out", str(tmp_path),
+                       "--only", "probing,cloze,explain,flops,e2e", "--runs-root", str(tmp_path / "runs")])
+    assert rc == 0
+    with open(tmp_path / "bench.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    delta = next(r for r in rows if r["measure"].startswith("max |Δp|"))
+    assert float(delta["value"]) <= run_all.MAX_DELTA_P
+    assert any(r["section"] == "end to end" and r["value"] == "not run" for r in rows)
+    assert "torch threads" in (tmp_path / "bench.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_train_worker_times_steps_after_the_first(tmp_path, tiny):
+    import json
+
+    _, tok = tiny
+    examples = run_all.chat_examples(tok, run_all.fact_questions(4))
+    ex_file = tmp_path / "examples.json"
+    ex_file.write_text(json.dumps(examples), encoding="utf-8")
+    out = train_worker.run({"model": "tiny-random", "examples_file": str(ex_file), "out_dir": str(tmp_path / "cell"),
+                            "threads": 0, "config": {"method": "lora", "epochs": 1, "batch_size": 2,
+                                                     "max_length": 160, "lora_r": 4, "lora_alpha": 8}})
+    assert out["steps"] == 2 and out["timed_steps"] == 1 and out["warm_up_excluded"]
+    assert out["tokens_per_s"] > 0 and out["peak_rss_mb"] > 0
