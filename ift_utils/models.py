@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,51 +85,55 @@ def _set_offline(allow_network: bool) -> None:
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
-def convert_gguf(name: str) -> Path:
-    """Dequantize a packaged GGUF once into `cache_dir()/name` as safetensors; return that folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = cache_dir() / name
+def _build_once(out: Path, build: Callable[[Path], None]) -> Path:
+    """Build a model folder once: `build` fills a temporary folder, renamed to `out` with a DONE marker
+    when complete; a lock keeps two processes from building it at the same time."""
     if (out / "DONE").exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):
         if (out / "DONE").exists():
             return out
-        gguf = find_gguf(name)
-        digest = sha256_file(gguf)
-        if digest != REGISTRY[name].sha256:
-            raise ModelError(f"{gguf} has sha256 {digest}, expected {REGISTRY[name].sha256}")
-        log.info("converting %s (%s) to safetensors in %s", name, gguf.name, out)
-        _set_offline(False)
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        if getattr(model.config, "quantization_config", None) is not None:
-            model.config.quantization_config = None
-        model.hf_quantizer = None
         tmp = out.with_name(out.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        write_json(tmp / "SOURCE.json", {"name": name, "gguf": gguf.name, "sha256": digest})
+        build(tmp)
         (tmp / "DONE").write_text("ok\n")
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     return out
 
 
+def convert_gguf(name: str) -> Path:
+    """Dequantize a packaged GGUF once into `cache_dir()/name` as safetensors; return that folder."""
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = find_gguf(name)
+        digest = sha256_file(gguf)
+        if digest != REGISTRY[name].sha256:
+            raise ModelError(f"{gguf} has sha256 {digest}, expected {REGISTRY[name].sha256}")
+        log.info("converting %s (%s) to safetensors in %s", name, gguf.name, tmp.parent / name)
+        _set_offline(False)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        if getattr(model.config, "quantization_config", None) is not None:
+            model.config.quantization_config = None
+        model.hf_quantizer = None
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "SOURCE.json", {"name": name, "gguf": gguf.name, "sha256": digest})
+
+    return _build_once(cache_dir() / name, build)
+
+
 def build_tiny_model(out: Path | None = None, seed: int = 0) -> Path:
     """A tiny random Llama with a byte-level BPE tokenizer trained on a few strings (no download)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    out = out or cache_dir() / TINY
-    if (out / "DONE").exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
-        if (out / "DONE").exists():
-            return out
+    def build(tmp: Path) -> None:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
         corpus = ["The following are multiple choice questions about geography. Please choose the correct answer.",
                   "Question: In which country is the city of Lyon? Answer: France. A. B. C. D. Answer:",
                   "A chat between a curious user and an artificial intelligence assistant. USER: ASSISTANT:",
@@ -149,15 +154,10 @@ def build_tiny_model(out: Path | None = None, seed: int = 0) -> Path:
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                           bos_token_id=tok.bos_token_id, tie_word_embeddings=True)
-        model = LlamaForCausalLM(cfg)
-        tmp = out.with_name(out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        LlamaForCausalLM(cfg).save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / "DONE").write_text("ok\n")
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    return out
+
+    return _build_once(out or cache_dir() / TINY, build)
 
 
 def resolve_model(name: str, *, allow_network: bool = False) -> str:

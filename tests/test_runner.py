@@ -82,3 +82,23 @@ def test_failed_stage_names_cell_and_resumes(smoke, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stderr.count("up to date (skipped)") == 4
     assert not (run_dir / "05_analysis.failed.ipynb").exists()
+
+
+def _hashes(folder):
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*.jsonl")) if "cache" not in p.name}
+
+
+def test_same_seed_same_bytes_other_seed_differs(smoke, tmp_path):
+    run_dir, _ = smoke
+    r = run("params/smoke.yaml", "-p", f"output_root={tmp_path}", "--stages", "01,02", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = tmp_path / "smoke"
+    for part in ("data", "probe", "groups"):
+        assert _hashes(run_dir / part) == _hashes(again / part), part
+    r = run("params/smoke.yaml", "-p", f"output_root={tmp_path}", "-p", "run_name=other", "-p", "data_seed=1",
+            "--stages", "01", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _hashes(run_dir / "data") != _hashes(tmp_path / "other" / "data")
