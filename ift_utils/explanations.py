@@ -262,7 +262,7 @@ def generate_explanations(model: Any, tokenizer: Any, items: list[tuple[MCQ, int
     Stats: items, generated (model ran this call), cached (reused), empty, unparsable, fallback
     (= empty + unparsable, replaced by the template), bad_cache_lines, new_tokens, seconds, fallback_items.
     """
-    from tqdm.auto import tqdm
+    from ift_utils.progress import progress as tqdm
 
     cache_path = Path(cache_path)
     for q, choice in items:

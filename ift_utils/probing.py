@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -233,5 +233,3 @@ def score_reference(model, tokenizer, questions: Sequence[MCQ], spec: PromptSpec
         probs.append(_softmax(np.array(s)))
     return _frame(list(questions), probs, spec)
 
-
-ScoreFn = Callable[..., pd.DataFrame]

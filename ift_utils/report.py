@@ -38,7 +38,7 @@ def build_report(run_dir: Path, figures: list[tuple[str, str]], verdict: pd.Data
     params = manifest.get("params", {})
     versions = manifest.get("versions", {})
     stages = manifest.get("stages", {})
-    fig_toc = "".join(f"<li><a href='#fig-{stem}'>{html.escape(cap.split('.')[0])}</a></li>" for stem, cap in figures)
+    fig_toc = "".join(f"<li><a href='#fig-{stem}'>{html.escape(cap.split('. ')[0].rstrip('.'))}</a></li>" for stem, cap in figures)
     toc = ["<li><a href='#verdict'>Verdict</a></li>", "<li><a href='#stages'>Stages</a></li>",
            f"<li><a href='#figures'>Figures</a><ol>{fig_toc}</ol></li>",
            "<li><a href='#params'>Parameters and versions</a></li>"]
@@ -57,7 +57,7 @@ def build_report(run_dir: Path, figures: list[tuple[str, str]], verdict: pd.Data
     parts.append("<h2 id='stages'>Stages</h2><ol>")
     for stem, title in STAGE_TITLES.items():
         rec = stages.get(stem, {})
-        status = "running (this page)" if stem == "05_analysis" else rec.get("status", "not run")
+        status = "wrote this page" if stem == "05_analysis" else rec.get("status", "not run")
         links = (f"<a href='{stem}.html'>{stem}.html</a> (<a href='{stem}.ipynb'>notebook</a>)"
                  if rec.get("status") == "done" or stem == "05_analysis" else "")
         secs = f" · {rec['seconds']:.0f} s" if "seconds" in rec else ""

@@ -472,8 +472,9 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
     """
     from accelerate import Accelerator
     from accelerate.utils import gather_object, set_seed
-    from tqdm.auto import tqdm
     from transformers import AutoTokenizer, get_scheduler
+
+    from ift_utils.progress import progress as tqdm
 
     out_dir = Path(out_dir)
     if is_done(out_dir):
