@@ -102,3 +102,33 @@ def test_same_seed_same_bytes_other_seed_differs(smoke, tmp_path):
             "--stages", "01", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     assert _hashes(run_dir / "data") != _hashes(tmp_path / "other" / "data")
+
+
+def test_sigkill_during_training_then_resume_gives_identical_tables(smoke, tmp_path):
+    """Kill the runner (SIGKILL, whole process group) once a training cell has finished, run again:
+    the run completes and its final tables equal the uninterrupted run's byte for byte."""
+    import os
+    import signal
+    import time
+
+    run_dir, _ = smoke
+    cmd = [sys.executable, "-m", "ift_utils.run", "params/smoke.yaml", "-p", f"output_root={tmp_path}", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    killed_run = tmp_path / "smoke"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if len(list((killed_run / "train").rglob("DONE"))) >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    m = json.loads((killed_run / "manifest.json").read_text())
+    assert m["stages"]["03_training"]["status"] == "running"
+    assert not (killed_run / "03_training.ipynb").exists()  # never taken for a finished stage
+    r = run("params/smoke.yaml", "-p", f"output_root={tmp_path}", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr.count("up to date (skipped)") == 2  # 01 and 02 were finished before the kill
+    for table in ("eval_table.csv", "verdict.csv", "probe_accuracy.csv"):
+        assert (killed_run / "tables" / table).read_bytes() == (run_dir / "tables" / table).read_bytes(), table
