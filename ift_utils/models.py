@@ -174,21 +174,33 @@ def resolve_model(name: str, *, allow_network: bool = False) -> str:
     return name
 
 
-def load_model(name: str, *, allow_network: bool = False, trust_remote_code: bool = False,
-               dtype: torch.dtype = torch.float32, device: str | None = None):
-    """Load (model, tokenizer) in eval mode; safetensors only, remote code off unless asked."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(name: str, *, allow_network: bool = False, trust_remote_code: bool = False):
+    """The model's tokenizer (with a pad token: the eos token when it has none)."""
+    from transformers import AutoTokenizer
 
     _set_offline(allow_network)
     path = resolve_model(name, allow_network=allow_network)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise ModelError(f"could not load the tokenizer of {name!r} from {path}: {e}") from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name: str, *, allow_network: bool = False, trust_remote_code: bool = False,
+               dtype: torch.dtype = torch.float32, device: str | None = None):
+    """Load (model, tokenizer) in eval mode; safetensors only, remote code off unless asked."""
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(name, allow_network=allow_network, trust_remote_code=trust_remote_code)
+    path = resolve_model(name, allow_network=allow_network)
+    try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
     except OSError as e:
         raise ModelError(f"could not load model {name!r} from {path}: {e}") from e
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
     model.eval()
     if device:
         model.to(device)

@@ -448,20 +448,11 @@ def build_domain_groups(P, paths: RunPaths, model, tok, domain: str, probe: pd.D
 
 def train_cell(P, paths: RunPaths, cell: Cell, model_path: str) -> dict:
     """Train one cell (skipped when finished with the same data and config; a stale result is redone)."""
-    import shutil
-    from dataclasses import asdict
-
-    from ift_utils.training import TrainResult, is_done, train_adapter
+    from ift_utils.training import TrainResult, train_adapter
 
     examples = read_jsonl(cell_data(paths, cell))
     cfg = train_config(P, cell.seed)
-    out = cell_dir(paths, cell)
-    if is_done(out):
-        saved = read_json(out / "train_config.json")
-        if saved.get("fingerprint") != sha256_json({"config": asdict(cfg), "model": model_path, "examples": examples}):
-            log.info("cell %s was trained on other data or settings; training it again", cell.key)
-            shutil.rmtree(out)
-    res: TrainResult = train_adapter(model_path, examples, cfg, out)
+    res: TrainResult = train_adapter(model_path, examples, cfg, cell_dir(paths, cell))
     return {"cell": cell.key, "domain": cell.domain, "condition": cell.condition, "group": cell.group,
             "ratio": cell.ratio, "seed": cell.seed, "method": cfg.method, "examples": res.n_examples,
             "steps": res.steps, "train_tokens": res.train_tokens, "seconds": round(res.seconds, 1),
@@ -485,13 +476,13 @@ def evaluate_all(P, paths: RunPaths, cells: list[Cell]) -> pd.DataFrame:
     """Score every finished cell on its domain's HOMO/ID/OOD sets; one tidy row per cell × test set.
 
     LoRA/QLoRA adapters are swapped on one base model kept in memory; full fine-tunes are loaded one by one."""
-    from ift_utils.models import load_model, resolve_model
+    from ift_utils.models import load_tokenizer, resolve_model
     from ift_utils.training import is_done, load_base, load_trained
 
     method = train_method(P)
     path = resolve_model(P.model, allow_network=P.allow_network)
     base_probe = read_probe(paths, P.domains)
-    _, tok = load_model(P.model, allow_network=P.allow_network, trust_remote_code=P.trust_remote_code)
+    tok = load_tokenizer(P.model, allow_network=P.allow_network, trust_remote_code=P.trust_remote_code)
     swapper = None if method == "full" else AdapterSwapper(load_base(path, method, bf16=device_of(P) == "cuda",
                                                                      device=device_of(P)))
     rows, missing = [], []

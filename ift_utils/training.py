@@ -465,7 +465,8 @@ def _versions() -> dict[str, str]:
 def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_dir: Path,
                   progress: bool = True, *, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train one cell into out_dir (adapter or full weights, loss.csv, train_config.json, train_result.json,
-    then DONE); a finished cell is skipped, an interrupted one resumes from its last checkpoint.
+    then DONE); a cell finished with the same data and config is skipped (one finished with others is
+    trained again), an interrupted one resumes from its last checkpoint.
 
     examples: [{"prompt": chat-formatted text ending with the assistant opener, "response": answer text}].
     on_step(step, loss) is called after every optimizer step (and after its checkpoint, if any).
@@ -477,16 +478,20 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
     from ift_utils.progress import progress as tqdm
 
     out_dir = Path(out_dir)
+    fingerprint = sha256_json({"config": asdict(cfg), "model": model_path, "examples": examples})
     if is_done(out_dir):
-        log.info("training cell %s is finished; skipped", out_dir)
-        return TrainResult.read(out_dir)
+        saved = json.loads((out_dir / "train_config.json").read_text(encoding="utf-8"))
+        if saved.get("fingerprint") == fingerprint:
+            log.info("training cell %s is finished; skipped", out_dir)
+            return TrainResult.read(out_dir)
+        log.info("training cell %s was trained on other data or settings; training it again", out_dir)
+        shutil.rmtree(out_dir)
     _reset_peak_rss()
     accelerator = Accelerator()
     world, rank = accelerator.num_processes, accelerator.process_index
     if accelerator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     path = _resolve(model_path)
-    fingerprint = sha256_json({"config": asdict(cfg), "model": model_path, "examples": examples})
 
     tok = AutoTokenizer.from_pretrained(path)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -160,6 +160,15 @@ def test_finished_cell_is_skipped(lora_cell: TrainResult, tiny: str) -> None:
     assert again == lora_cell
 
 
+def test_finished_cell_with_other_data_is_trained_again(tiny: str, tmp_path: Path) -> None:
+    first = train_adapter(tiny, examples(), FAST, tmp_path / "cell", progress=False)
+    steps: list[int] = []
+    other = examples()[:-1]
+    again = train_adapter(tiny, other, FAST, tmp_path / "cell", progress=False, on_step=lambda s, _: steps.append(s))
+    assert steps, "a cell finished on other data must train again"
+    assert again.n_examples == len(other) != first.n_examples
+
+
 def test_full_finetuning_learns_and_reloads(tiny: str, tmp_path: Path) -> None:
     cfg = TrainConfig(method="full", epochs=3, learning_rate=1e-2, batch_size=4, warmup_ratio=0.0, max_length=64)
     result = train_adapter(tiny, examples(), cfg, tmp_path / "full", progress=False)
