@@ -38,6 +38,8 @@ class StudyParams(BaseModel):
                        description=f"registry name {list(MODEL_NAMES)}, a local folder, or a hub id (needs allow_network)")
     allow_network: bool = False
     trust_remote_code: bool = False
+    allow_pickle: bool = Field(False, description="load a local model folder that has pickle weights only "
+                                                  "(converted once to safetensors); off: safetensors only")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0 = leave as is)")
     # data

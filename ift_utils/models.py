@@ -19,7 +19,7 @@ import platformdirs
 import torch
 from filelock import FileLock
 
-from ift_utils.io import sha256_file, write_json
+from ift_utils.io import sha256_file, sha256_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -160,26 +160,61 @@ def build_tiny_model(out: Path | None = None, seed: int = 0) -> Path:
     return _build_once(out or cache_dir() / TINY, build)
 
 
-def resolve_model(name: str, *, allow_network: bool = False) -> str:
-    """Turn a registry name, local folder or hub id into something `from_pretrained` can load offline."""
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _from_pickle(folder: Path) -> Path:
+    """Load a folder of pickle weights once (allowed by the caller) and save it as safetensors in the cache,
+    so that every later load, in every stage, reads safetensors only."""
+    stamp = sha256_json({"folder": str(folder), "files": sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                                                              for p in folder.iterdir() if p.is_file())})
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.warning("loading pickle weights from %s (allow_pickle: true) and saving them as safetensors", folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=False)
+        model.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(folder).save_pretrained(tmp)
+        write_json(tmp / "SOURCE.json", {"from_pickle": str(folder)})
+
+    return _build_once(cache_dir() / "from-pickle" / f"{folder.name}-{stamp[:12]}", build)
+
+
+def resolve_model(name: str, *, allow_network: bool = False, allow_pickle: bool = False) -> str:
+    """Turn a registry name, local folder or hub id into something `from_pretrained` can load offline.
+
+    A local folder with pickle weights only (`pytorch_model.bin` ...) is refused unless `allow_pickle`:
+    unpickling can run code. When allowed, it is converted once to safetensors in the cache."""
     if name == TINY:
         return str(build_tiny_model())
     if name in REGISTRY:
         return str(convert_gguf(name))
-    if Path(name).expanduser().exists():
-        return str(Path(name).expanduser().resolve())
+    folder = Path(name).expanduser()
+    if folder.exists():
+        folder = folder.resolve()
+        if folder.is_dir() and not any(folder.glob("*.safetensors")):
+            pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+            if pickles and not allow_pickle:
+                raise ModelError(f"model folder {folder} holds pickle weights only ({', '.join(pickles[:3])}); "
+                                 "pickle files can run code when loaded, so they are refused. Set "
+                                 "allow_pickle: true to convert them once to safetensors")
+            if pickles:
+                return str(_from_pickle(folder))
+        return str(folder)
     if not allow_network:
         raise ModelError(f"model {name!r} is not a registry name {list(MODEL_NAMES)} nor an existing folder, "
                          "and the hub is off (set allow_network: true to load a hub id)")
     return name
 
 
-def load_tokenizer(name: str, *, allow_network: bool = False, trust_remote_code: bool = False):
+def load_tokenizer(name: str, *, allow_network: bool = False, trust_remote_code: bool = False,
+                   allow_pickle: bool = False):
     """The model's tokenizer (with a pad token: the eos token when it has none)."""
     from transformers import AutoTokenizer
 
     _set_offline(allow_network)
-    path = resolve_model(name, allow_network=allow_network)
+    path = resolve_model(name, allow_network=allow_network, allow_pickle=allow_pickle)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as e:
@@ -189,13 +224,14 @@ def load_tokenizer(name: str, *, allow_network: bool = False, trust_remote_code:
     return tok
 
 
-def load_model(name: str, *, allow_network: bool = False, trust_remote_code: bool = False,
+def load_model(name: str, *, allow_network: bool = False, trust_remote_code: bool = False, allow_pickle: bool = False,
                dtype: torch.dtype = torch.float32, device: str | None = None):
     """Load (model, tokenizer) in eval mode; safetensors only, remote code off unless asked."""
     from transformers import AutoModelForCausalLM
 
-    tok = load_tokenizer(name, allow_network=allow_network, trust_remote_code=trust_remote_code)
-    path = resolve_model(name, allow_network=allow_network)
+    tok = load_tokenizer(name, allow_network=allow_network, trust_remote_code=trust_remote_code,
+                         allow_pickle=allow_pickle)
+    path = resolve_model(name, allow_network=allow_network, allow_pickle=allow_pickle)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)

@@ -112,14 +112,42 @@ def export_html(nb_path: Path) -> Path:
     return write_text(nb_path.with_suffix(".html"), body)
 
 
-def _failing_cell(err: Exception) -> str:
+def _running_cell(nb_path: Path) -> int | None:
+    """The cell a kernel died in: the last one papermill started (it records a start time per cell)."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(nb_path, as_version=4)
+    except (OSError, ValueError):
+        return None
+    started = [i for i, cell in enumerate(nb.cells) if cell.get("metadata", {}).get("papermill", {}).get("start_time")]
+    return started[-1] if started else None
+
+
+def _failing_cell(err: Exception, failed_nb: Path | None = None) -> str:
     cell = getattr(err, "cell_index", None)
+    if cell is None and failed_nb is not None and failed_nb.exists():
+        cell = _running_cell(failed_nb)
     count = getattr(err, "exec_count", None)
     ename, evalue = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
     where = f"cell {cell}" if cell is not None else "a cell"
     if count is not None:
         where += f" (execution count {count})"
     return f"{where}: {ename}: {str(evalue)[:500]}"
+
+
+def _resource_hint(err: Exception, text: str, run_dir: Path) -> str:
+    """A plain-words cause and remedy when a stage died of memory or disk, else ''."""
+    if type(err).__name__ == "DeadKernelError" or "Kernel died" in text:
+        return ("the notebook's kernel died without a Python error; the usual cause is the operating system's "
+                "out-of-memory killer. Lower batch_size_eval, batch_size or max_length, choose a smaller model, "
+                "or free memory")
+    if any(k in text for k in ("MemoryError", "OutOfMemoryError", "out of memory", "Cannot allocate memory")):
+        return "out of memory: lower batch_size_eval, batch_size or max_length, or choose a smaller model"
+    if "No space left on device" in text or "[Errno 28]" in text:
+        return (f"out of disk space: free space where the run writes ({run_dir}) and the model cache "
+                "($IFT_CACHE or the user cache folder)")
+    return ""
 
 
 def run_stage(nb: Path, run_dir: Path, params_file: Path, log_output: bool) -> None:
@@ -177,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     try:
         return _run(P, run_dir, chosen, args.force, not args.quiet)
+    except OSError as e:  # the runner's own bookkeeping failed (a full disk, a folder made read-only)
+        print(f"error: could not write {e.filename or run_dir}: {e.strerror or e}\n  finished stages are kept; "
+              "free space (or fix the folder's permissions) and run the same command again to resume",
+              file=sys.stderr)
+        return 4
     finally:
         lock.release()
 
@@ -212,12 +245,19 @@ def _run(P: StudyParams, run_dir: Path, chosen: list[str], force: bool, log_outp
         try:
             run_stage(nb, run_dir, params_file, log_output)
         except Exception as e:  # papermill raises PapermillExecutionError; anything else is reported the same way
-            rec.update(status="failed", error=_failing_cell(e), seconds=round(time.time() - start, 1),
+            rec.update(status="failed", error=_failing_cell(e, run_dir / f"{nb.stem}.failed.ipynb"), seconds=round(time.time() - start, 1),
                        end=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            write_json(run_dir / "manifest.json", manifest)
-            print(f"error: stage {nb.stem} failed in {rec['error']}\n  the executed notebook with the error: "
-                  f"{run_dir / (nb.stem + '.failed.ipynb')}\n  finished stages are kept; fix the cause and run "
-                  "the same command again to resume from this stage", file=sys.stderr)
+            hint = _resource_hint(e, rec["error"], run_dir)
+            if hint:
+                rec["cause"] = hint
+            try:
+                write_json(run_dir / "manifest.json", manifest)
+            except OSError as w:  # a full disk: the previous manifest stays whole (atomic write)
+                log.error("could not record the failure in manifest.json: %s", w)
+            print(f"error: stage {nb.stem} failed in {rec['error']}\n" + (f"  likely cause: {hint}\n" if hint else "")
+                  + f"  the executed notebook with the error: {run_dir / (nb.stem + '.failed.ipynb')}\n"
+                  "  finished stages are kept; fix the cause and run the same command again to resume from "
+                  "this stage", file=sys.stderr)
             return 1
         rec.update(status="done", seconds=round(time.time() - start, 1), end=time.strftime("%Y-%m-%dT%H:%M:%S"))
         summary = run_dir / "stages" / f"{nb.stem}.json"

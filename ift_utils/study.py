@@ -480,9 +480,10 @@ def evaluate_all(P, paths: RunPaths, cells: list[Cell]) -> pd.DataFrame:
     from ift_utils.training import is_done, load_base, load_trained
 
     method = train_method(P)
-    path = resolve_model(P.model, allow_network=P.allow_network)
+    path = resolve_model(P.model, allow_network=P.allow_network, allow_pickle=P.allow_pickle)
     base_probe = read_probe(paths, P.domains)
-    tok = load_tokenizer(P.model, allow_network=P.allow_network, trust_remote_code=P.trust_remote_code)
+    tok = load_tokenizer(P.model, allow_network=P.allow_network, trust_remote_code=P.trust_remote_code,
+                         allow_pickle=P.allow_pickle)
     swapper = None if method == "full" else AdapterSwapper(load_base(path, method, bf16=device_of(P) == "cuda",
                                                                      device=device_of(P)))
     rows, missing = [], []

@@ -1,10 +1,16 @@
-"""Shared fixtures: the tiny random model (built offline on first use) and a few hand-made questions."""
+"""Shared fixtures: the tiny random model (built offline on first use), a few hand-made questions, and the
+smoke study run once per session by the runner, with a network guard that records any attempt to go online."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+FAULTS = Path(__file__).parent / "faults"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -30,3 +36,30 @@ def questions():
                 choices=("France", "Spain", "Italy", "Germany"), answer=i % 4, domain="geo", subject="geography",
                 context=f"Town{i} is a city in {('France', 'Spain', 'Italy', 'Germany')[i % 4]}.")
             for i in range(10)]
+
+
+def run_study(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m ift_utils.run ARGS` from the project root, output captured."""
+    from ift_utils.config import PROJECT_ROOT
+
+    return subprocess.run([sys.executable, "-m", "ift_utils.run", *args], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, env=env)
+
+
+def guarded_env(netlog: Path) -> dict:
+    """The environment of a run with no help to stay offline (HF_*_OFFLINE unset) and the network guard on:
+    the runner and its kernels load tests/faults/sitecustomize.py, which refuses and logs outside connections."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAULTS), env.get("PYTHONPATH")]))
+    env["IFT_NETLOG"] = str(netlog)
+    return env
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory):
+    """(run folder, completed process, network log) of one smoke study run through all stages."""
+    root = tmp_path_factory.mktemp("runs")
+    netlog = root / "network_attempts.log"
+    r = run_study("params/smoke.yaml", "-p", f"output_root={root}", "--quiet", env=guarded_env(netlog))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root / "smoke", r, netlog

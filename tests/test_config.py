@@ -35,6 +35,11 @@ def test_shipped_params_are_valid(name, tmp_path):
     ({"shard_index": 3, "num_shards": 2}, "shard_index"),
     ({"data_source": "jsonl"}, "data_path"),
     ({"epochs": 0}, "epochs"),
+    ({"learning_rate": float("inf")}, "learning_rate"),
+    ({"n_test": 10**9}, "n_test"),
+    ({"allow_pickle": "sometimes"}, "allow_pickle"),
+    ({"general_data": "/no/such/alpaca.json"}, "general_data"),
+    ({"data_source": "jsonl", "data_path": "/no/such/folder"}, "data_path"),
 ])
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ParamError) as e:

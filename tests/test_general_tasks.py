@@ -8,6 +8,8 @@ import re
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ift_utils.general_tasks import (
     AlpacaError,
@@ -125,3 +127,23 @@ def test_load_alpaca_bad_files(tmp_path, content: str, words: str) -> None:
     assert "broken_alpaca.json" in str(err.value)
     with pytest.raises(AlpacaError, match="missing.json"):
         load_alpaca(tmp_path / "missing.json")
+
+
+@given(st.one_of(st.binary(max_size=120),
+                 st.lists(st.one_of(st.none(), st.integers(), st.text(max_size=4),
+                                    st.dictionaries(st.sampled_from(["instruction", "input", "output", "x"]),
+                                                    st.one_of(st.none(), st.integers(), st.floats(),
+                                                              st.text(max_size=6)))),
+                          max_size=12).map(lambda rows: json.dumps(rows).encode())))
+def test_any_alpaca_file_is_counted_or_refused_by_name(tmp_path_factory, content: bytes) -> None:
+    """An alpaca file is refused as a whole (AlpacaError naming it) or every row is counted once."""
+    p = tmp_path_factory.mktemp("fuzz") / "general.json"
+    p.write_bytes(content)
+    try:
+        kept, report = load_alpaca(p)
+    except AlpacaError as e:
+        assert "general.json" in str(e)
+        return
+    assert report.read == len(json.loads(content)) == report.kept + report.n_rejected == len(kept) + report.n_rejected
+    for t in kept:
+        assert t["instruction"].strip() and t["output"].strip() and isinstance(t["input"], str)

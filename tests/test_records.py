@@ -72,3 +72,53 @@ def test_mmlu_drops_the_two_stray_header_rows():
     assert rep.read == 14_044 and rep.kept == 14_042
     assert rep.rejected == {"bad_answer": 2}
     assert len(by_subject) == 57
+
+
+LINES = st.one_of(
+    st.builds(json.dumps, st.fixed_dictionaries(
+        {"id": st.one_of(st.integers(0, 5), st.text(max_size=3)), "question": st.text(max_size=8),
+         "choices": st.lists(st.one_of(st.text(max_size=4), st.integers()), max_size=6),
+         "answer": st.one_of(st.integers(-3, 7), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=2))})),
+    st.sampled_from(['{"id": 1, "question": "Q", "choices": ["a", "b"], "answer": NaN}', "Infinity", "[]", "{",
+                     "\x00", '"just a string"', json.dumps(GOOD)]),
+    st.text(max_size=20))
+
+
+@given(st.one_of(st.lists(LINES, max_size=15).map(lambda ls: "\n".join(ls).encode()), st.binary(max_size=200)))
+def test_any_jsonl_file_is_counted_or_refused_by_name(tmp_path_factory, content):
+    """Whatever a JSONL file holds, it is either refused as a whole (not UTF-8) with an error naming the file,
+    or every non-blank line is counted once: kept, or rejected with a reason."""
+    import io
+
+    from ift_utils.data_sources import DataError
+
+    p = tmp_path_factory.mktemp("fuzz") / "train.jsonl"
+    p.write_bytes(content)
+    try:
+        kept, rep = read_jsonl_rows(p, "fuzz")
+    except DataError as e:
+        assert "train.jsonl" in str(e) and "UTF-8" in str(e)
+        return
+    lines = [ln for ln in io.StringIO(content.decode("utf-8"), newline=None) if ln.strip()]
+    assert rep.read == len(lines) == rep.kept + rep.n_rejected
+    assert len(kept) == rep.kept and len({q.id for q in kept}) == len(kept)
+    for q in kept:
+        assert 0 <= q.answer < len(q.choices) and all(isinstance(c, str) and c for c in q.choices)
+
+
+def test_empty_split_files_stop_with_the_folder_named(tmp_path):
+    from ift_utils.config import load_params
+    from ift_utils.data_sources import DataError, load_study_data
+
+    d = tmp_path / "history"
+    d.mkdir()
+    (d / "train.jsonl").write_text("")
+    (d / "test.jsonl").write_text(json.dumps(GOOD) + "\n")
+    P = load_params("params/smoke.yaml", {"data_source": "jsonl", "data_path": str(tmp_path), "domains": ["history"],
+                                          "id_ood_source": "none"})
+    try:
+        load_study_data(P)
+    except DataError as e:
+        assert "'history' needs train.jsonl and test.jsonl" in str(e) and str(d) in str(e)
+    else:
+        raise AssertionError("expected a DataError")

@@ -2,31 +2,28 @@
 report, and a second run skips every unchanged stage. A failing stage names its cell and resumes."""
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
+from conftest import FAULTS, guarded_env, run_study
 
 from ift_utils.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
 
-def run(*args, cwd=PROJECT_ROOT):
-    return subprocess.run([sys.executable, "-m", "ift_utils.run", *args], cwd=cwd, capture_output=True, text=True)
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    r = run("params/smoke.yaml", "-p", f"output_root={root}", "--quiet")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return root / "smoke", r
+def run(*args):
+    return run_study(*args)
 
 
 def test_every_stage_ran_and_manifest_is_complete(smoke):
-    run_dir, _ = smoke
+    run_dir, *_ = smoke
     m = json.loads((run_dir / "manifest.json").read_text())
     stages = [p.stem for p in sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
     assert list(m["stages"]) == stages
@@ -43,7 +40,7 @@ def test_every_stage_ran_and_manifest_is_complete(smoke):
 
 
 def test_tables_figures_and_report(smoke):
-    run_dir, _ = smoke
+    run_dir, *_ = smoke
     table = pd.read_csv(run_dir / "tables" / "eval_table.csv")
     assert set(table["test_set"]) == {"HOMO", "ID", "OOD"}
     assert table["ft_acc"].between(0, 1).all() and (table["kl"] >= 0).all()
@@ -58,14 +55,14 @@ def test_tables_figures_and_report(smoke):
 
 
 def test_second_run_skips_everything(smoke):
-    run_dir, _ = smoke
+    run_dir, *_ = smoke
     r = run("params/smoke.yaml", "-p", f"output_root={run_dir.parent}", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stderr.count("up to date (skipped)") == 5
 
 
 def test_failed_stage_names_cell_and_resumes(smoke, tmp_path):
-    run_dir, _ = smoke
+    run_dir, *_ = smoke
     # an analysis that cannot run: stage 05 reads eval_table.csv; hide it
     table = run_dir / "tables" / "eval_table.csv"
     saved = table.read_bytes()
@@ -92,7 +89,7 @@ def _hashes(folder):
 
 
 def test_same_seed_same_bytes_other_seed_differs(smoke, tmp_path):
-    run_dir, _ = smoke
+    run_dir, *_ = smoke
     r = run("params/smoke.yaml", "-p", f"output_root={tmp_path}", "--stages", "01,02", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     again = tmp_path / "smoke"
@@ -104,31 +101,113 @@ def test_same_seed_same_bytes_other_seed_differs(smoke, tmp_path):
     assert _hashes(run_dir / "data") != _hashes(tmp_path / "other" / "data")
 
 
-def test_sigkill_during_training_then_resume_gives_identical_tables(smoke, tmp_path):
-    """Kill the runner (SIGKILL, whole process group) once a training cell has finished, run again:
-    the run completes and its final tables equal the uninterrupted run's byte for byte."""
-    import os
-    import signal
-    import time
+def test_smoke_run_opened_no_outside_connection(smoke, tmp_path):
+    """The smoke study ran with HF_*_OFFLINE unset and every outside connection refused and logged: none was
+    tried. The guard itself is checked on a process that does try."""
+    _, _, netlog = smoke
+    assert not netlog.exists() or netlog.read_text() == "", netlog.read_text()
+    probe_log = tmp_path / "attempts.log"
+    r = subprocess.run([sys.executable, "-c", "import urllib.request; urllib.request.urlopen('http://example.org')"],
+                       env=guarded_env(probe_log), capture_output=True, text=True)
+    assert r.returncode != 0 and "getaddrinfo example.org" in probe_log.read_text()
 
-    run_dir, _ = smoke
-    cmd = [sys.executable, "-m", "ift_utils.run", "params/smoke.yaml", "-p", f"output_root={tmp_path}", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+
+def _start(output_root):
+    cmd = [sys.executable, "-m", "ift_utils.run", "params/smoke.yaml", "-p", f"output_root={output_root}", "--quiet"]
+    return subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    killed_run = tmp_path / "smoke"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if len(list((killed_run / "train").rglob("DONE"))) >= 2:
-            break
-        time.sleep(0.5)
+
+
+def _kill_when(proc, ready, timeout=600):
+    """SIGKILL the runner and its kernel (the whole process group) as soon as `ready()` holds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.1)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    m = json.loads((killed_run / "manifest.json").read_text())
-    assert m["stages"]["03_training"]["status"] == "running"
-    assert not (killed_run / "03_training.ipynb").exists()  # never taken for a finished stage
+
+
+def test_sigkill_during_probing_explanations_and_training_then_resume_gives_identical_tables(smoke, tmp_path):
+    """Kill the runner (SIGKILL, whole process group) while it probes the second domain, again while it
+    generates explanations, again after two training cells finished; a fourth run completes, and its tables
+    and files equal the uninterrupted run's byte for byte. A killed stage is never taken for finished."""
+    run_dir, *_ = smoke
+    killed = tmp_path / "smoke"
+
+    def status():
+        return {k: v["status"] for k, v in json.loads((killed / "manifest.json").read_text())["stages"].items()}
+
+    _kill_when(_start(tmp_path), lambda: (killed / "probe" / "city_country.jsonl").exists())
+    assert status() == {"01_probe": "running"}
+    assert not (killed / "probe" / "us_city_state.jsonl").exists()
+
+    caches = lambda: [p for p in (killed / "groups").rglob("explanations.cache.jsonl") if p.stat().st_size]  # noqa: E731
+    _kill_when(_start(tmp_path), lambda: bool(caches()))
+    assert status() == {"01_probe": "done", "02_interventions": "running"}
+
+    _kill_when(_start(tmp_path), lambda: len(list((killed / "train").rglob("DONE"))) >= 2)
+    assert status() == {"01_probe": "done", "02_interventions": "done", "03_training": "running"}
+    for stage in ("02_interventions", "03_training"):
+        assert (killed / f"{stage}.ipynb").exists() == (stage == "02_interventions")
+
     r = run("params/smoke.yaml", "-p", f"output_root={tmp_path}", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stderr.count("up to date (skipped)") == 2  # 01 and 02 were finished before the kill
+    assert r.stderr.count("up to date (skipped)") == 2  # 01 and 02 were finished before the last kill
+    for part in ("probe", "groups"):
+        assert _hashes(run_dir / part) == _hashes(killed / part), part
     for table in ("eval_table.csv", "verdict.csv", "probe_accuracy.csv"):
-        assert (killed_run / "tables" / table).read_bytes() == (run_dir / "tables" / table).read_bytes(), table
+        assert (killed / "tables" / table).read_bytes() == (run_dir / "tables" / table).read_bytes(), table
+
+
+@pytest.fixture
+def finished_copy(smoke, tmp_path):
+    """A copy of the finished smoke run, to break without touching the shared one."""
+    run_dir, *_ = smoke
+    shutil.copytree(run_dir, tmp_path / "smoke", ignore=shutil.ignore_patterns(".lock"))
+    return tmp_path / "smoke"
+
+
+@pytest.mark.parametrize("fault, cause", [("disk_full", "out of disk space"),
+                                          ("oom", "out-of-memory killer")])
+def test_out_of_disk_or_memory_keeps_finished_stages_and_says_how_to_resume(finished_copy, tmp_path, fault, cause):
+    """Stage 05 runs into a full disk (every write under the run folder fails with ENOSPC) or is killed as by
+    the out-of-memory killer; the runner names the stage and the cause, keeps 01-04, and the next run resumes."""
+    ipython = tmp_path / "ipython" / "profile_default" / "startup"
+    ipython.mkdir(parents=True)
+    shutil.copy(FAULTS / f"{fault}.py", ipython / f"00_{fault}.py")
+    before = {p: p.read_bytes() for p in (finished_copy / "tables").iterdir()}
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path / "ipython"), "IFT_FAULT_DIR": str(finished_copy)}
+    args = ("params/smoke.yaml", "-p", f"output_root={tmp_path}", "--stages", "05", "--force", "--quiet")
+    r = run_study(*args, env=env)
+    assert r.returncode == 1
+    assert "stage 05_analysis failed in cell" in r.stderr and "likely cause:" in r.stderr, r.stderr[-2000:]
+    assert cause in r.stderr
+    assert "run the same command again to resume" in r.stderr
+    m = json.loads((finished_copy / "manifest.json").read_text())
+    assert m["stages"]["05_analysis"]["status"] == "failed" and cause in m["stages"]["05_analysis"]["cause"]
+    assert all(m["stages"][s]["status"] == "done" for s in ("01_probe", "02_interventions", "03_training",
+                                                            "04_evaluation"))
+    assert {p: p.read_bytes() for p in (finished_copy / "tables").iterdir()} == before  # nothing lost or torn
+    assert not list(finished_copy.rglob("*.tmp"))
+    r = run_study(*args[:3], "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr.count("up to date (skipped)") == 4
+
+
+def test_a_live_lock_stops_a_second_run_and_a_dead_holder_does_not(finished_copy, tmp_path):
+    from filelock import FileLock
+
+    args = ("params/smoke.yaml", "-p", f"output_root={tmp_path}", "--quiet")
+    with FileLock(str(finished_copy / ".lock")):
+        r = run(*args)
+    assert r.returncode == 3 and "another run is writing" in r.stderr
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               f"FileLock({str(finished_copy / '.lock')!r}).acquire(); print('held', flush=True); "
+                               "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    r = run(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr.count("up to date (skipped)") == 5
