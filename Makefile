@@ -48,7 +48,8 @@ test: install
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lab: install
-	$(BIN)/jupyter lab notebooks
+	# --allow-root only where make runs as root (containers); jupyter refuses root otherwise
+	$(BIN)/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all $(ARGS)

@@ -16,10 +16,13 @@ Choices stated once:
   Fisher-z interval (standard error 1 / sqrt(n - 4) for one covariate); the decision uses r > 0 and p < 0.05.
 * **Group differences** (harmonious/self-aligning/contextualized minus incompatible) are *paired* by
   (model, domain, seed, test_set): every pair is two fine-tuned models that differ only in their IFT data.
-  The estimate is the mean paired difference in accuracy points (×100); its 95 % interval is, by default,
-  the percentile bootstrap over the pairs (2000 resamples, seed 0; ``method="t"`` gives a t interval over
-  the same pairs instead). Pairs sharing a model and domain are not independent, so with few domains the
-  interval is optimistic; the unit of resampling is stated in every ``reading``.
+  The estimate is the mean paired difference in accuracy points (×100); its 95 % interval is, by default
+  (``method="auto"``), a t interval over the pairs when there are fewer than 20 of them and the percentile
+  bootstrap (2000 resamples, seed 0) from 20 on: a percentile bootstrap over a handful of values covers far
+  less than 95 % (with 2 pairs its interval is just their range), while the t interval keeps its coverage
+  for normal differences at any n. ``method="bootstrap"`` or ``"t"`` forces one. Pairs sharing a model and
+  domain are not independent, so with few domains the interval is still optimistic; the method and the
+  number of pairs are stated in every ``reading``.
 """
 
 from __future__ import annotations
@@ -212,9 +215,12 @@ def paired_diff_ci(diffs: Sequence[float] | np.ndarray, level: float = 0.95) -> 
 
 
 # -------------------------------------------------------------------------------------------- group diffs
+MIN_BOOTSTRAP_PAIRS = 20  # below this, method="auto" uses the t interval
+
+
 def group_differences(
     eval_table: pd.DataFrame,
-    method: Literal["bootstrap", "t"] = "bootstrap",
+    method: Literal["auto", "bootstrap", "t"] = "auto",
     n_boot: int = 2000,
     seed: int = 0,
     level: float = 0.95,
@@ -269,6 +275,8 @@ def _diff_row(
 ) -> dict[str, Any]:
     """One verdict row for a paired difference, with its interval and a sentence computed from the numbers."""
     n = int(len(diffs))
+    if method == "auto":
+        method = "bootstrap" if n >= MIN_BOOTSTRAP_PAIRS else "t"
     if method == "bootstrap":
         res = bootstrap_diff(diffs, np.zeros(n), n_boot=n_boot, seed=seed, level=level, paired=True)
         est, lo, hi = res["diff"], res["lo"], res["hi"]
@@ -278,7 +286,7 @@ def _diff_row(
         est, lo, hi = res["mean"], res["lo"], res["hi"]
         how = f"t interval over {n} (model, domain, seed) pairs"
     else:
-        raise ValueError(f"method must be 'bootstrap' or 't', got {method!r}")
+        raise ValueError(f"method must be 'auto', 'bootstrap' or 't', got {method!r}")
     supported = bool(np.isfinite(lo) and lo > 0)
     paper_txt = f"paper {paper:+.2f}" if np.isfinite(paper) else "no paper number"
     if n == 0:
@@ -298,7 +306,7 @@ def _diff_row(
 def verdict(
     eval_table: pd.DataFrame,
     partial: pd.DataFrame | Mapping[str, Mapping[str, float]] | None = None,
-    method: Literal["bootstrap", "t"] = "bootstrap",
+    method: Literal["auto", "bootstrap", "t"] = "auto",
     n_boot: int = 2000,
     seed: int = 0,
     level: float = 0.95,

@@ -16,6 +16,7 @@ from ift_utils.statistics import (
     CLAIM_CONTEXTUALIZED,
     CLAIM_HARMONIOUS,
     CLAIM_SELF_ALIGNING,
+    MIN_BOOTSTRAP_PAIRS,
     bootstrap_diff,
     group_differences,
     grouped_regression,
@@ -282,3 +283,32 @@ def test_partial_by_model_shapes():
     assert len(per_ts) == 6 and (per_ts["n"] == 24).all()  # 2 domains × 4 ratios × 3 seeds
     pooled = partial_by_model(table, per_test_set=False)
     assert len(pooled) == 2 and (pooled["test_set"] == "pooled").all() and (pooled["n"] == 72).all()
+
+
+def _two_group_table(diffs_points: list[float]) -> pd.DataFrame:
+    """One (model, domain, HOMO) with one seed per given harmonious − incompatible difference."""
+    rows = []
+    for seed, d in enumerate(diffs_points):
+        common = {"model": "m", "domain": "d", "seed": seed, "test_set": "HOMO", "n": 100, "base_acc": 0.4,
+                  "kl": 0.3, "rank_corr": 0.5, "ratio": np.nan}
+        rows.append({**common, "condition": "r0.0", "group": "incompatible", "ft_acc": 0.40})
+        rows.append({**common, "condition": "harmonious", "group": "harmonious", "ft_acc": 0.40 + d / 100})
+    return pd.DataFrame(rows)
+
+
+def test_few_pairs_get_a_t_interval_computed_by_hand():
+    """Two pairs, +4 and +5 points: a percentile bootstrap would say [4, 5], 'supported'; the t interval is
+    4.5 ± t(0.975, 1) · sd / √2 = 4.5 ± 12.7062 · 0.70711 / 1.41421 = [−1.853, 10.853]: not supported."""
+    row = group_differences(_two_group_table([4.0, 5.0])).query("claim == @CLAIM_HARMONIOUS").iloc[0]
+    assert row["ours"] == pytest.approx(4.5)
+    assert (row["lo"], row["hi"]) == (pytest.approx(-1.8531, abs=1e-3), pytest.approx(10.8531, abs=1e-3))
+    assert not row["supported"] and "t interval over 2" in row["reading"]
+    forced = group_differences(_two_group_table([4.0, 5.0]), method="bootstrap").query(
+        "claim == @CLAIM_HARMONIOUS").iloc[0]
+    assert forced["lo"] == pytest.approx(4.0) and forced["supported"]  # why "auto" does not use it here
+
+
+def test_twenty_pairs_use_the_bootstrap():
+    diffs = [3.0 + (i % 5) for i in range(MIN_BOOTSTRAP_PAIRS)]
+    row = group_differences(_two_group_table(diffs)).query("claim == @CLAIM_HARMONIOUS").iloc[0]
+    assert f"paired bootstrap over {MIN_BOOTSTRAP_PAIRS}" in row["reading"] and row["supported"]
