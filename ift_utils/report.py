@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +32,12 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, border=0, float_format=lambda x: f"{x:.2f}", escape=True, na_rep="–")
 
 
+def toc_title(caption: str) -> str:
+    """A caption's first sentence, for the contents list ("Fig. 2" and "e.g." do not end a sentence)."""
+    m = re.search(r"(?<!Fig)(?<!e\.g)(?<!i\.e)\.(\s|$)", caption)
+    return caption[: m.start()] if m else caption
+
+
 def build_report(run_dir: Path, figures: list[tuple[str, str]], verdict: pd.DataFrame, headline: str) -> Path:
     """Write `run_dir/report.html`; `figures` are (file stem under figures/, caption)."""
     run_dir = Path(run_dir)
@@ -38,7 +45,7 @@ def build_report(run_dir: Path, figures: list[tuple[str, str]], verdict: pd.Data
     params = manifest.get("params", {})
     versions = manifest.get("versions", {})
     stages = manifest.get("stages", {})
-    fig_toc = "".join(f"<li><a href='#fig-{stem}'>{html.escape(cap.split('. ')[0].rstrip('.'))}</a></li>" for stem, cap in figures)
+    fig_toc = "".join(f"<li><a href='#fig-{stem}'>{html.escape(toc_title(cap))}</a></li>" for stem, cap in figures)
     toc = ["<li><a href='#verdict'>Verdict</a></li>", "<li><a href='#stages'>Stages</a></li>",
            f"<li><a href='#figures'>Figures</a><ol>{fig_toc}</ol></li>",
            "<li><a href='#params'>Parameters and versions</a></li>"]

@@ -102,3 +102,12 @@ def test_accuracy_by_popularity(probe_frame, tmp_path):
     assert len(fig.axes) == 2
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["Q1", "Q2", "Q3", "Q4"]
     _check(fig, tmp_path, "popularity")
+
+
+def test_report_contents_take_a_captions_first_sentence():
+    from ift_utils.report import toc_title
+
+    assert toc_title("Accuracy against the ratio (paper Fig. 2/4). What to see: a rise.") == \
+        "Accuracy against the ratio (paper Fig. 2/4)"
+    assert toc_title("Loss per step, e.g. for cell 1.") == "Loss per step, e.g. for cell 1"
+    assert toc_title("No full stop") == "No full stop"
