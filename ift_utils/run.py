@@ -245,7 +245,8 @@ def _run(P: StudyParams, run_dir: Path, chosen: list[str], force: bool, log_outp
         try:
             run_stage(nb, run_dir, params_file, log_output)
         except Exception as e:  # papermill raises PapermillExecutionError; anything else is reported the same way
-            rec.update(status="failed", error=_failing_cell(e, run_dir / f"{nb.stem}.failed.ipynb"), seconds=round(time.time() - start, 1),
+            failed_nb = run_dir / f"{nb.stem}.failed.ipynb"
+            rec.update(status="failed", error=_failing_cell(e, failed_nb), seconds=round(time.time() - start, 1),
                        end=time.strftime("%Y-%m-%dT%H:%M:%S"))
             hint = _resource_hint(e, rec["error"], run_dir)
             if hint:
@@ -255,7 +256,7 @@ def _run(P: StudyParams, run_dir: Path, chosen: list[str], force: bool, log_outp
             except OSError as w:  # a full disk: the previous manifest stays whole (atomic write)
                 log.error("could not record the failure in manifest.json: %s", w)
             print(f"error: stage {nb.stem} failed in {rec['error']}\n" + (f"  likely cause: {hint}\n" if hint else "")
-                  + f"  the executed notebook with the error: {run_dir / (nb.stem + '.failed.ipynb')}\n"
+                  + f"  the executed notebook with the error: {failed_nb}\n"
                   "  finished stages are kept; fix the cause and run the same command again to resume from "
                   "this stage", file=sys.stderr)
             return 1
