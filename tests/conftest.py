@@ -4,6 +4,7 @@ smoke study run once per session by the runner, with a network guard that record
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,11 @@ def smoke(tmp_path_factory):
     r = run_study("params/smoke.yaml", "-p", f"output_root={root}", "--quiet", env=guarded_env(netlog))
     assert r.returncode == 0, r.stderr[-3000:]
     return root / "smoke", r, netlog
+
+
+@pytest.fixture
+def finished_copy(smoke, tmp_path):
+    """A copy of the finished smoke run in tmp_path/smoke, to break without touching the shared one."""
+    run_dir, *_ = smoke
+    shutil.copytree(run_dir, tmp_path / "smoke", ignore=shutil.ignore_patterns(".lock"))
+    return tmp_path / "smoke"

@@ -18,10 +18,6 @@ from ift_utils.config import PROJECT_ROOT
 pytestmark = pytest.mark.slow
 
 
-def run(*args):
-    return run_study(*args)
-
-
 def test_every_stage_ran_and_manifest_is_complete(smoke):
     run_dir, *_ = smoke
     m = json.loads((run_dir / "manifest.json").read_text())
@@ -56,7 +52,7 @@ def test_tables_figures_and_report(smoke):
 
 def test_second_run_skips_everything(smoke):
     run_dir, *_ = smoke
-    r = run("params/smoke.yaml", "-p", f"output_root={run_dir.parent}", "--quiet")
+    r = run_study("params/smoke.yaml", "-p", f"output_root={run_dir.parent}", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stderr.count("up to date (skipped)") == 5
 
@@ -67,7 +63,7 @@ def test_failed_stage_names_cell_and_resumes(smoke, tmp_path):
     table = run_dir / "tables" / "eval_table.csv"
     saved = table.read_bytes()
     table.unlink()
-    r = run("params/smoke.yaml", "-p", f"output_root={run_dir.parent}", "--stages", "05", "--force", "--quiet")
+    r = run_study("params/smoke.yaml", "-p", f"output_root={run_dir.parent}", "--stages", "05", "--force", "--quiet")
     assert r.returncode == 1
     assert "stage 05_analysis failed in cell" in r.stderr and "FileNotFoundError" in r.stderr
     assert (run_dir / "05_analysis.failed.ipynb").exists()
@@ -75,7 +71,7 @@ def test_failed_stage_names_cell_and_resumes(smoke, tmp_path):
     assert m["stages"]["05_analysis"]["status"] == "failed"
     assert m["stages"]["04_evaluation"]["status"] == "done"
     table.write_bytes(saved)
-    r = run("params/smoke.yaml", "-p", f"output_root={run_dir.parent}", "--quiet")
+    r = run_study("params/smoke.yaml", "-p", f"output_root={run_dir.parent}", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stderr.count("up to date (skipped)") == 4
     assert not (run_dir / "05_analysis.failed.ipynb").exists()
@@ -90,12 +86,12 @@ def _hashes(folder):
 
 def test_same_seed_same_bytes_other_seed_differs(smoke, tmp_path):
     run_dir, *_ = smoke
-    r = run("params/smoke.yaml", "-p", f"output_root={tmp_path}", "--stages", "01,02", "--quiet")
+    r = run_study("params/smoke.yaml", "-p", f"output_root={tmp_path}", "--stages", "01,02", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     again = tmp_path / "smoke"
     for part in ("data", "probe", "groups"):
         assert _hashes(run_dir / part) == _hashes(again / part), part
-    r = run("params/smoke.yaml", "-p", f"output_root={tmp_path}", "-p", "run_name=other", "-p", "data_seed=1",
+    r = run_study("params/smoke.yaml", "-p", f"output_root={tmp_path}", "-p", "run_name=other", "-p", "data_seed=1",
             "--stages", "01", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     assert _hashes(run_dir / "data") != _hashes(tmp_path / "other" / "data")
@@ -151,21 +147,13 @@ def test_sigkill_during_probing_explanations_and_training_then_resume_gives_iden
     for stage in ("02_interventions", "03_training"):
         assert (killed / f"{stage}.ipynb").exists() == (stage == "02_interventions")
 
-    r = run("params/smoke.yaml", "-p", f"output_root={tmp_path}", "--quiet")
+    r = run_study("params/smoke.yaml", "-p", f"output_root={tmp_path}", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stderr.count("up to date (skipped)") == 2  # 01 and 02 were finished before the last kill
     for part in ("probe", "groups"):
         assert _hashes(run_dir / part) == _hashes(killed / part), part
     for table in ("eval_table.csv", "verdict.csv", "probe_accuracy.csv"):
         assert (killed / "tables" / table).read_bytes() == (run_dir / "tables" / table).read_bytes(), table
-
-
-@pytest.fixture
-def finished_copy(smoke, tmp_path):
-    """A copy of the finished smoke run, to break without touching the shared one."""
-    run_dir, *_ = smoke
-    shutil.copytree(run_dir, tmp_path / "smoke", ignore=shutil.ignore_patterns(".lock"))
-    return tmp_path / "smoke"
 
 
 @pytest.mark.parametrize("fault, cause", [("disk_full", "out of disk space"),
@@ -200,7 +188,7 @@ def test_a_live_lock_stops_a_second_run_and_a_dead_holder_does_not(finished_copy
 
     args = ("params/smoke.yaml", "-p", f"output_root={tmp_path}", "--quiet")
     with FileLock(str(finished_copy / ".lock")):
-        r = run(*args)
+        r = run_study(*args)
     assert r.returncode == 3 and "another run is writing" in r.stderr
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
                                f"FileLock({str(finished_copy / '.lock')!r}).acquire(); print('held', flush=True); "
@@ -208,6 +196,6 @@ def test_a_live_lock_stops_a_second_run_and_a_dead_holder_does_not(finished_copy
     assert holder.stdout.readline().strip() == "held"
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    r = run(*args)
+    r = run_study(*args)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stderr.count("up to date (skipped)") == 5

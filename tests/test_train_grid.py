@@ -14,12 +14,10 @@ from ift_utils.config import PROJECT_ROOT, load_params
 pytestmark = pytest.mark.slow
 
 
-def test_two_processes_train_a_cell_that_stage_03_accepts(smoke, tmp_path):
+def test_two_processes_train_a_cell_that_stage_03_accepts(finished_copy, tmp_path):
     """torchrun with 2 CPU processes (gloo) retrains the first cell of the finished smoke run; the cell
     records 2 processes and the same fingerprint as the notebook's own, so stage 03 would skip it."""
-    run_dir, *_ = smoke
-    copy = tmp_path / "smoke"
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns(".lock"))
+    copy = finished_copy
     P = load_params(PROJECT_ROOT / "params" / "smoke.yaml")
     cell = study.cell_dir(study.RunPaths(copy), study.grid(P)[0])  # shard 0 of 10 holds the first cell only
     before = json.loads((cell / "train_config.json").read_text())
