@@ -66,6 +66,15 @@ class StudyParams(BaseModel):
     max_per_group: int | None = Field(None, ge=1, description="cap on domain examples per group")
     general_ratio: float = Field(1.0, ge=0.0, le=10.0, description="general instruction examples per domain example")
     general_data: str | None = Field(None, description="alpaca-format JSON file; None = generated offline tasks")
+    explanations: Literal["model", "template"] = Field(
+        "model", description="how every group's explanations are made, the same way for all groups: 'model' = the "
+                             "base model explains the response's answer (gold for gold groups, its own for "
+                             "self-aligning); 'template' = a sentence stating only the answer's own relation. "
+                             "Explanations the data bring (MedMCQA's exp) are kept for gold answers in both")
+    controls: list[Literal["no_ift", "general_only"]] = Field(
+        default_factory=lambda: ["no_ift", "general_only"],
+        description="control cells: no_ift = the base model scored like the fine-tuned cells, no adapter; "
+                    "general_only = an adapter trained on the general data alone for the same number of steps")
     explanation_style: Literal["short", "paper"] = "short"
     explanation_max_new_tokens: int = Field(48, ge=1, le=2048)
     explanation_temperature: float = Field(0.7, ge=0.0, le=5.0)
@@ -83,10 +92,16 @@ class StudyParams(BaseModel):
     max_length: int = Field(256, ge=8, le=32768)
     batch_size: int = Field(8, ge=1, le=4096)
     grad_accum: int = Field(1, ge=1, le=4096)
+    eval_epochs: list[int] = Field(default_factory=list, description="also evaluate checkpoints saved at these "
+                                   "epochs (the final model is always evaluated), e.g. [1, 3, 10]")
     shard_index: int = Field(0, ge=0, description="train only cells i with i % num_shards == shard_index")
     num_shards: int = Field(1, ge=1)
     # analysis
     n_boot: int = Field(2000, ge=100, le=1_000_000)
+    verdict_method: Literal["bootstrap", "glmm"] = Field(
+        "bootstrap", description="question-level model behind the verdict's intervals: a bootstrap resampling "
+                                 "training runs and questions together, or a binomial GLMM (random intercepts "
+                                 "for question and run)")
 
     @field_validator("domains")
     @classmethod
@@ -106,6 +121,13 @@ class StudyParams(BaseModel):
                 raise ValueError(f"each ratio must be between 0 and 1, got {r}")
         if len(set(v)) != len(v):
             raise ValueError("ratios must not repeat")
+        return sorted(v)
+
+    @field_validator("eval_epochs")
+    @classmethod
+    def _eval_epochs(cls, v: list[int]) -> list[int]:
+        if any(e < 1 for e in v) or len(set(v)) != len(v):
+            raise ValueError("eval_epochs must be distinct positive integers")
         return sorted(v)
 
     @field_validator("seeds")
