@@ -313,7 +313,7 @@ def train_config(P, seed: int):
     return TrainConfig(method=train_method(P), lora_r=P.lora_r, lora_alpha=P.lora_alpha, lora_dropout=P.lora_dropout,
                        epochs=P.epochs, learning_rate=P.learning_rate, warmup_ratio=P.warmup_ratio,
                        max_length=P.max_length, batch_size=P.batch_size, grad_accum=P.grad_accum, seed=seed,
-                       bf16=device_of(P) == "cuda")
+                       bf16=device_of(P) == "cuda", save_epochs=tuple(e for e in P.eval_epochs if e < P.epochs))
 
 
 def cell_dir(paths: RunPaths, cell: Cell) -> Path:
@@ -331,13 +331,43 @@ def ft_spec(P) -> PromptSpec:
     return PromptSpec(mode=P.scoring, template=P.chat_template)
 
 
+NO_IFT = "no_ift"  # the control without fine-tuning: the base network scored exactly like the fine-tuned cells
+FIT_SET = "TRAIN"  # a cell's own training questions, scored like the test sets (did it learn them?)
+
+
+def load_study_base(P):
+    """(model, tokenizer, precision) of the base network exactly as the fine-tuned cells use it (NF4 for QLoRA,
+    bf16 where training is bf16, else fp32), in eval mode: stage 01 probes it, stage 04 scores the controls on it,
+    so consistency compares one network with and without an adapter."""
+    from ift_utils.models import load_tokenizer, resolve_model
+    from ift_utils.training import load_base
+
+    method, device = train_method(P), device_of(P)
+    path = resolve_model(P.model, allow_network=P.allow_network, allow_pickle=P.allow_pickle)
+    tok = load_tokenizer(P.model, allow_network=P.allow_network, trust_remote_code=P.trust_remote_code,
+                         allow_pickle=P.allow_pickle)
+    model = load_base(path, method, bf16=device == "cuda", device=device)
+    model.config.use_cache = True  # load_base turns the cache off for training; scoring and generation need it
+    model.eval()
+    return model, tok, precision_of(P)
+
+
+def precision_of(P) -> str:
+    """The base weights' precision as training uses them (recorded in the manifest by stages 01 and 04)."""
+    method, cuda = train_method(P), device_of(P) == "cuda"
+    if method == "qlora":
+        return f"nf4 + double quantization, {'bf16' if cuda else 'fp32'} compute"
+    return "bf16" if cuda and method == "lora" else "fp32"
+
+
 def test_questions(paths: RunPaths, domain: str) -> dict[str, list[MCQ]]:
     """HOMO / ID / OOD questions of a domain, as stage 01 wrote them."""
     files = {"HOMO": "test", "ID": "id_test", "OOD": "ood_test"}
     return {t: read_questions(paths, domain, f) for t, f in files.items()}
 
 
-def base_ft_rows(cell: Cell, test_set: str, base: pd.DataFrame, ft: pd.DataFrame, model: str) -> dict:
+def base_ft_rows(cell: Cell, test_set: str, base: pd.DataFrame, ft: pd.DataFrame, model: str,
+                 epoch: float = math.nan) -> dict:
     """One row of the tidy evaluation table: accuracies and knowledge consistency for a cell and test set."""
     from ift_utils.metrics import accuracy_ci, consistency
 
@@ -346,9 +376,19 @@ def base_ft_rows(cell: Cell, test_set: str, base: pd.DataFrame, ft: pd.DataFrame
     acc, lo, hi = accuracy_ci(merged["correct_ft"].astype(bool).to_numpy())
     base_acc = float(merged["correct_base"].astype(bool).mean())
     return {"model": model, "domain": cell.domain, "condition": cell.condition, "group": cell.group,
-            "ratio": cell.ratio, "seed": cell.seed, "test_set": test_set, "n": len(merged), "base_acc": base_acc,
-            "ft_acc": acc, "ft_acc_lo": lo, "ft_acc_hi": hi, "acc_diff": acc - base_acc, "kl": cons["kl"],
-            "rank_corr": cons["rank_corr"]}
+            "ratio": cell.ratio, "seed": cell.seed, "epoch": epoch, "test_set": test_set, "n": len(merged),
+            "base_acc": base_acc, "ft_acc": acc, "ft_acc_lo": lo, "ft_acc_hi": hi, "acc_diff": acc - base_acc,
+            "kl": cons["kl"], "rank_corr": cons["rank_corr"]}
+
+
+def answer_rows(cell: Cell, test_set: str, base: pd.DataFrame, ft: pd.DataFrame, model: str,
+                epoch: float) -> pd.DataFrame:
+    """Every scored answer of a cell on one test set, beside the base probe's (the verdict's question-level input)."""
+    merged = base.merge(ft, on=["domain", "id"], suffixes=("_base", "_ft"), validate="one_to_one")
+    return pd.DataFrame({"model": model, "domain": cell.domain, "condition": cell.condition, "group": cell.group,
+                         "ratio": cell.ratio, "seed": cell.seed, "epoch": epoch, "test_set": test_set,
+                         "id": merged["id"].to_numpy(), "correct": merged["correct_ft"].astype(int).to_numpy(),
+                         "base_correct": merged["correct_base"].astype(int).to_numpy()})
 
 
 class AdapterSwapper:
@@ -372,32 +412,70 @@ class AdapterSwapper:
         return self.model
 
 
-def evaluate_cell(scorer_model, tok, cell: Cell, P, paths: RunPaths, tests: dict[str, list[MCQ]],
-                  base: pd.DataFrame) -> list[dict]:
-    """Score one fine-tuned cell on HOMO/ID/OOD (cached per cell) and return its table rows."""
-    out = paths.eval / cell.domain / cell.condition / f"seed{cell.seed}.jsonl"
-    adapter = cell_dir(paths, cell)
-    key = {"cell": cell.key, "spec": [P.scoring, P.chat_template], "trained": read_json(adapter / "train_result.json"),
-           "questions": {t: [q.to_json() for q in qs] for t, qs in tests.items()}}
+def eval_targets(P, paths: RunPaths, cell: Cell) -> list[tuple[float, Path]]:
+    """(epoch, weights folder) to evaluate for a finished cell: the checkpoints `eval_epochs` asked training to
+    keep (earlier than the last epoch), then the final model."""
+    out = cell_dir(paths, cell)
+    name = "model" if train_method(P) == "full" else "adapter"
+    earlier = [(float(e), out / "epochs" / f"epoch{e}" / name) for e in P.eval_epochs if e < P.epochs]
+    return [*earlier, (float(P.epochs), out / name)]
+
+
+def group_file(paths: RunPaths, cell: Cell) -> Path:
+    """The cell's domain examples in the original schema (beside its chat-formatted training file)."""
+    chat = cell_data(paths, cell)
+    return chat.with_name(chat.name.replace(".chat.jsonl", ".jsonl"))
+
+
+def fit_items(paths: RunPaths, cell: Cell) -> list[dict]:
+    """The cell's own training questions with their targets (empty for general_only and no_ift)."""
+    from ift_utils.interventions import example_mcq
+
+    path = group_file(paths, cell)
+    if cell.group in (NO_IFT, "general_only") or not path.exists():
+        return []
+    return [{"mcq": example_mcq(ex), "target": int(ex["target"]), "own": int(ex["pred"])} for ex in read_jsonl(path)]
+
+
+def score_cell(scorer_model, tok, cell: Cell, P, paths: RunPaths, tests: dict[str, list[MCQ]], base: pd.DataFrame,
+               epoch: float, key_extra: dict) -> tuple[list[dict], pd.DataFrame, dict | None]:
+    """Score one model (a cell at one epoch, or the no_ift control) on HOMO/ID/OOD and on its own training
+    questions (cached per cell and epoch); return its evaluation rows, its answers and its fit row."""
+    tag = "" if epoch == float(P.epochs) or cell.group == NO_IFT else f".epoch{epoch:g}"
+    name = NO_IFT if cell.group == NO_IFT else f"{cell.condition}/seed{cell.seed}{tag}"
+    out = paths.eval / cell.domain / f"{name}.jsonl"
+    items = fit_items(paths, cell)
+    sets = {**tests, FIT_SET: [it["mcq"] for it in items]}
+    key = {"cell": cell.key, "epoch": epoch, "spec": [P.scoring, P.chat_template], **key_extra,
+           "questions": {t: [q.to_json() for q in qs] for t, qs in sets.items()}}
 
     def compute() -> pd.DataFrame:
         frames = []
-        for t, qs in tests.items():
+        for t, qs in sets.items():
             if qs:
                 f = score_mcqs(scorer_model, tok, qs, ft_spec(P), max_batch=P.batch_size_eval,
-                               desc=f"eval {cell.key} {t}")
+                               desc=f"eval {cell.key} e{epoch:g} {t}")
                 frames.append(f.assign(test_set=t))
         return pd.concat(frames, ignore_index=True)
 
-    ft_all = cached_frame(out, key, compute)
-    rows = []
+    scored = cached_frame(out, key, compute)
+    rows, answers = [], []
+    cols = ["domain", "id", "probs", "correct"]
     for t in tests:
-        cols = ["domain", "id", "probs", "correct"]
-        ft = ft_all[ft_all["test_set"] == t][cols]
+        ft = scored[scored["test_set"] == t][cols]
         b = base[(base["probe_domain"] == cell.domain) & (base["split"] == t)][cols]
         if len(ft):
-            rows.append(base_ft_rows(cell, t, b, ft, P.model))
-    return rows
+            rows.append(base_ft_rows(cell, t, b, ft, P.model, epoch))
+            answers.append(answer_rows(cell, t, b, ft, P.model, epoch))
+    fit = None
+    if items:
+        preds = scored[scored["test_set"] == FIT_SET]["pred"].to_numpy()
+        fit = {"model": P.model, "domain": cell.domain, "condition": cell.condition, "group": cell.group,
+               "ratio": cell.ratio, "seed": cell.seed, "epoch": epoch, "n": len(items),
+               "fit": float(np.mean([p == it["target"] for p, it in zip(preds, items, strict=True)])),
+               "gold": float(np.mean([p == it["mcq"].answer for p, it in zip(preds, items, strict=True)])),
+               "own": float(np.mean([p == it["own"] for p, it in zip(preds, items, strict=True)]))}
+    return rows, (pd.concat(answers, ignore_index=True) if answers else pd.DataFrame()), fit
 
 
 def build_domain_groups(P, paths: RunPaths, model, tok, domain: str, probe: pd.DataFrame) -> dict:
@@ -472,32 +550,80 @@ def loss_curves(paths: RunPaths, cells: list[Cell]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def evaluate_all(P, paths: RunPaths, cells: list[Cell]) -> pd.DataFrame:
-    """Score every finished cell on its domain's HOMO/ID/OOD sets; one tidy row per cell × test set.
+@dataclass
+class Evaluation:
+    """Stage 04's tables: one row per cell × epoch × test set, every scored answer, and each cell's fit on its
+    own training questions."""
 
-    LoRA/QLoRA adapters are swapped on one base model kept in memory; full fine-tunes are loaded one by one."""
-    from ift_utils.models import load_tokenizer, resolve_model
-    from ift_utils.training import is_done, load_base, load_trained
+    table: pd.DataFrame
+    answers: pd.DataFrame
+    fit: pd.DataFrame
+    precision: str
+    missing: list[str]
+
+
+def _load_full(folder: Path, device: str):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True).to(device)
+    model.eval()
+    return model
+
+
+def evaluate_all(P, paths: RunPaths, cells: list[Cell]) -> Evaluation:
+    """Score the no_ift control and every finished cell (at each kept epoch) on its domain's HOMO/ID/OOD sets
+    and on its own training questions.
+
+    The base network is loaded once as training used it; LoRA/QLoRA adapters are swapped on it, full fine-tunes
+    are loaded one by one. The no_ift control is that same network with no adapter, scored first."""
+    from ift_utils.training import is_done
 
     method = train_method(P)
-    path = resolve_model(P.model, allow_network=P.allow_network, allow_pickle=P.allow_pickle)
     base_probe = read_probe(paths, P.domains)
-    tok = load_tokenizer(P.model, allow_network=P.allow_network, trust_remote_code=P.trust_remote_code,
-                         allow_pickle=P.allow_pickle)
-    swapper = None if method == "full" else AdapterSwapper(load_base(path, method, bf16=device_of(P) == "cuda",
-                                                                     device=device_of(P)))
-    rows, missing = [], []
+    base_model, tok, precision = load_study_base(P)
     tests = {d: test_questions(paths, d) for d in P.domains}
+    rows, answers, fits, missing = [], [], [], []
+    if NO_IFT in P.controls:
+        for d in P.domains:
+            r, a, _ = score_cell(base_model, tok, Cell(d, NO_IFT, NO_IFT, math.nan, -1), P, paths, tests[d],
+                                 base_probe, 0.0, {"precision": precision})
+            rows += r
+            answers.append(a)
+    swapper = None
+    if method != "full":
+        swapper = AdapterSwapper(base_model)
+    else:
+        del base_model
     for cell in cells:
         out = cell_dir(paths, cell)
         if not is_done(out):
             missing.append(cell.key)
             continue
-        model = load_trained(path, out, method) if swapper is None else swapper.activate(out / "adapter")
-        rows += evaluate_cell(model, tok, cell, P, paths, tests[cell.domain], base_probe)
+        trained = read_json(out / "train_result.json")
+        for epoch, folder in eval_targets(P, paths, cell):
+            if not folder.exists():
+                log.warning("%s: no checkpoint for epoch %g at %s (trained before eval_epochs asked for it?)",
+                            cell.key, epoch, folder)
+                continue
+            model = _load_full(folder, device_of(P)) if swapper is None else swapper.activate(folder)
+            r, a, f = score_cell(model, tok, cell, P, paths, tests[cell.domain], base_probe, epoch,
+                                 {"trained": trained})
+            rows += r
+            answers.append(a)
+            if f is not None:
+                fits.append(f)
     if missing:
         log.warning("%d cell(s) not trained yet (other shards?): %s", len(missing), ", ".join(missing[:10]))
-    return pd.DataFrame(rows)
+    answers = [a for a in answers if len(a)]
+    return Evaluation(pd.DataFrame(rows), pd.concat(answers, ignore_index=True) if answers else pd.DataFrame(),
+                      pd.DataFrame(fits), precision, missing)
+
+
+def final_only(P, frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the final models and the no_ift control (drops earlier `eval_epochs` checkpoints)."""
+    if "epoch" not in frame:
+        return frame
+    return frame[(frame["epoch"] == float(P.epochs)) | (frame["group"] == NO_IFT)].reset_index(drop=True)
 
 
 def headline(verdict: pd.DataFrame, table: pd.DataFrame) -> str:

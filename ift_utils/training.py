@@ -74,6 +74,7 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     save_every: int = 0  # checkpoint every N optimizer steps (0 = at each epoch end); used to resume
+    save_epochs: tuple[int, ...] = ()  # also keep the weights at the end of these epochs (epochs/epochN/), to evaluate
     seed: int = 0
     bf16: bool = False  # bf16 compute (GPU)
     weight_decay: float = 0.0
@@ -576,6 +577,8 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
             log.info("%s epoch %d/%s: %d steps, mean loss %.4f, %.0f tokens/s", out_dir.name, step.epoch + 1,
                      f"{cfg.epochs:g}", len(epoch_losses), float(np.mean(epoch_losses)),
                      done["train_tokens"] / max(done["seconds"] + time.perf_counter() - t0, 1e-9))
+        if epoch_end and step.epoch + 1 in cfg.save_epochs and number < len(steps) and accelerator.is_main_process:
+            _save_epoch(out_dir, step.epoch + 1, accelerator.unwrap_model(wrapped).model, tok, cfg)
         checkpoint = (number % cfg.save_every == 0) if cfg.save_every else epoch_end
         if checkpoint and number < len(steps):
             # each process draws its own dropout masks, so every process's generators are saved
@@ -605,6 +608,18 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
                     done["rows"])
     accelerator.wait_for_everyone()
     return result
+
+
+def _save_epoch(out_dir: Path, epoch: int, model: nn.Module, tok: Any, cfg: TrainConfig) -> None:
+    """Keep the weights at the end of an epoch in epochs/epochN/ (adapter, or the whole model for full FT),
+    written atomically so a half-written folder is never evaluated."""
+    name = "model" if cfg.method == "full" else "adapter"
+    with _atomic_dir(out_dir / "epochs" / f"epoch{epoch}" / name) as tmp:
+        if cfg.method == "full":
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
 
 
 def _write_cell(out_dir: Path, model: nn.Module, tok: Any, cfg: TrainConfig, result: TrainResult,

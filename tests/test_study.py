@@ -1,6 +1,7 @@
 """The grid of cells, its sharding, and keyed caches that never reuse stale results."""
 
 import math
+from pathlib import Path
 
 import pandas as pd
 
@@ -41,3 +42,41 @@ def test_train_method_auto_is_lora_on_cpu():
     P = load_params(None, {"device": "cpu"})
     assert study.train_method(P) == "lora"
     assert study.train_config(P, 3).seed == 3
+
+
+def test_eval_epochs_must_be_within_the_run_and_reach_training():
+    import pytest
+
+    from ift_utils.config import ParamError
+
+    with pytest.raises(ParamError, match="eval_epochs"):
+        load_params(None, {"epochs": 3, "eval_epochs": [1, 10]})
+    P = load_params(None, {"epochs": 3, "eval_epochs": [1, 3]})
+    assert study.train_config(P, 0).save_epochs == (1,)  # the last epoch is the final model itself
+    paths = study.RunPaths(Path("/run"))
+    cell = study.Cell("d", "ratio_0", "incompatible", 0.0, 0)
+    assert [e for e, _ in study.eval_targets(P, paths, cell)] == [1.0, 3.0]
+    assert study.eval_targets(P, paths, cell)[0][1] == Path("/run/train/d/ratio_0/seed0/epochs/epoch1/adapter")
+
+
+def test_precision_follows_the_training_method():
+    assert study.precision_of(load_params(None, {"device": "cpu", "train_method": "qlora"})).startswith("nf4")
+    assert study.precision_of(load_params(None, {"device": "cpu", "train_method": "lora"})) == "fp32"
+
+
+def test_answers_and_rows_pair_each_question_with_the_base_probe():
+    cell = study.Cell("d", "ratio_0", "incompatible", 0.0, 1)
+    base = pd.DataFrame({"domain": ["d"] * 3, "id": [1, 2, 3], "probs": [[.9, .1], [.2, .8], [.6, .4]],
+                         "correct": [True, False, True]})
+    ft = pd.DataFrame({"domain": ["d"] * 3, "id": [3, 1, 2], "probs": [[.1, .9], [.8, .2], [.5, .5]],
+                       "correct": [False, True, False]})
+    ans = study.answer_rows(cell, "HOMO", base, ft, "m", 3.0)
+    assert ans.sort_values("id")[["correct", "base_correct"]].to_numpy().tolist() == [[1, 1], [0, 0], [0, 1]]
+    row = study.base_ft_rows(cell, "HOMO", base, ft, "m", 3.0)
+    assert row["epoch"] == 3.0 and math.isclose(row["ft_acc"], 1 / 3) and math.isclose(row["base_acc"], 2 / 3)
+
+
+def test_final_only_keeps_final_models_and_the_no_ift_control():
+    P = load_params(None, {"epochs": 3, "eval_epochs": [1]})
+    t = pd.DataFrame({"group": ["incompatible", "incompatible", study.NO_IFT], "epoch": [1.0, 3.0, 0.0]})
+    assert study.final_only(P, t)["epoch"].tolist() == [3.0, 0.0]

@@ -315,3 +315,17 @@ def test_qlora_on_cpu_saves_bit_exact_and_learns(tiny: str, tmp_path: Path) -> N
 def test_unknown_method_is_rejected() -> None:
     with pytest.raises(ValueError, match="method"):
         TrainConfig(method="adapter")
+
+
+def test_save_epochs_keeps_earlier_weights_that_differ_from_the_final(tiny: str, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    cfg = replace(FAST, epochs=2, save_epochs=(1,))
+    train_adapter(tiny, examples(1), cfg, tmp_path / "cell", progress=False)
+    early = tmp_path / "cell" / "epochs" / "epoch1" / "adapter" / "adapter_model.safetensors"
+    final = tmp_path / "cell" / "adapter" / "adapter_model.safetensors"
+    assert early.exists() and final.exists()
+    a, b = load_file(str(early)), load_file(str(final))
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # one more epoch of training moved the weights
+    assert not list((tmp_path / "cell" / "epochs").rglob(".*partial*"))
