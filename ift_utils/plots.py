@@ -24,9 +24,11 @@ from .io import atomic_path
 from .metrics import accuracy_ci
 from .statistics import (
     CLAIM_CONTEXTUALIZED,
+    CLAIM_GENERAL_VS_NO_IFT,
     CLAIM_HARMONIOUS,
     CLAIM_SELF_ALIGNING,
     RATIO_GROUPS,
+    final_epoch,
     group_differences,
     ordered_unique,
     per_group_fits,
@@ -34,7 +36,15 @@ from .statistics import (
 )
 
 GROUP_ORDER = ("harmonious", "incompatible", "self_aligning", "contextualized")
+CONTROL_ORDER = ("no_ift", "general_only")
+CONTROL_STYLE = {  # reference lines of the controls: (colour, line style, label)
+    "no_ift": ("0.15", ":", "no IFT (0-shot, chat template)"),
+    "general_only": ("#8c564b", "-.", "general data only"),
+}
+BASE_LABEL = "k-shot base probe"
 GROUP_LABELS = {
+    "no_ift": "no IFT",
+    "general_only": "general only",
     "harmonious": "harmonious",
     "incompatible": "incompatible",
     "self_aligning": "self-aligning",
@@ -42,7 +52,8 @@ GROUP_LABELS = {
     "mixture": "mixture",
 }
 TEST_SET_COLORS = {"HOMO": "#1b9e77", "ID": "#d95f02", "OOD": "#7570b3"}
-CLAIM_SHORT = {CLAIM_HARMONIOUS: "H − I", CLAIM_SELF_ALIGNING: "S − I", CLAIM_CONTEXTUALIZED: "C − I"}
+CLAIM_SHORT = {CLAIM_HARMONIOUS: "H − I", CLAIM_SELF_ALIGNING: "S − I", CLAIM_CONTEXTUALIZED: "C − I",
+               CLAIM_GENERAL_VS_NO_IFT: "G − N"}
 _CI = ("ci", 95)
 _N_BOOT = 1000
 
@@ -61,8 +72,8 @@ def save_figure(fig: Figure, folder: str | Path, name: str) -> tuple[Path, Path]
 
 
 def _percent(df: pd.DataFrame) -> pd.DataFrame:
-    """Copy of an eval table with ft_pct and base_pct (accuracy in points) added."""
-    out = df.copy()
+    """Copy of an eval table's final models with ft_pct and base_pct (accuracy in points) added."""
+    out = final_epoch(df).copy()
     out["ft_pct"] = 100.0 * out["ft_acc"].astype(float)
     out["base_pct"] = 100.0 * out["base_acc"].astype(float)
     return out
@@ -77,9 +88,10 @@ def _empty_note(ax: Axes, text: str) -> None:
 def plot_accuracy_vs_ratio(eval_table: pd.DataFrame, model: str | None = None) -> Figure:
     """Fine-tuned accuracy vs the self-aligning ratio, one panel per test set (rows) × domain (cols), as Fig. 2/4."""
     data = _percent(eval_table)
-    data = data[data["group"].isin(RATIO_GROUPS) & data["ratio"].notna()]
     if model is not None:
         data = data[data["model"] == model]
+    controls = data[data["group"].isin(CONTROL_ORDER)]
+    data = data[data["group"].isin(RATIO_GROUPS) & data["ratio"].notna()]
     domains = ordered_unique(data["domain"]) if len(data) else ["(none)"]
     test_sets = ordered_unique(data["test_set"]) if len(data) else ["(none)"]
     models = ordered_unique(data["model"]) if len(data) else []
@@ -99,12 +111,25 @@ def plot_accuracy_vs_ratio(eval_table: pd.DataFrame, model: str | None = None) -
                     legend=(i == 0 and j == len(domains) - 1),
                 )
                 for m, base in sub.groupby("model")["base_pct"].mean().items():
-                    ax.axhline(base, ls="--", lw=1, color=palette.get(m, "0.3"), label=f"{m} base")
+                    ax.axhline(base, ls="--", lw=1, color=palette.get(m, "0.3"), label=f"{m}: {BASE_LABEL}")
+            _control_lines(ax, controls[(controls["test_set"] == ts) & (controls["domain"] == dom)])
+            if i == 0 and j == len(domains) - 1 and ax.get_legend_handles_labels()[1]:
+                ax.legend(fontsize=7, loc="best")
             ax.set_title(f"{dom} · {ts}", fontsize=10)
             ax.set_xlabel("self-aligning ratio r" if i == len(test_sets) - 1 else "")
             ax.set_ylabel("accuracy after IFT (%)" if j == 0 else "")
-    fig.suptitle("Accuracy vs share of self-aligning data (dashed: base model; bars: 95% CI over seeds)", fontsize=11)
+    fig.suptitle("Accuracy vs share of self-aligning data (dashed: k-shot base probe; dotted: no IFT; dash-dot: "
+                 "general data only; bars: 95% CI over seeds)", fontsize=10)
     return fig
+
+
+def _control_lines(ax: Axes, controls: pd.DataFrame) -> None:
+    """Horizontal reference lines at the mean accuracy of each control present (never a ratio condition)."""
+    for group in CONTROL_ORDER:
+        vals = controls.loc[controls["group"] == group, "ft_pct"]
+        if len(vals):
+            color, style, label = CONTROL_STYLE[group]
+            ax.axhline(float(vals.mean()), ls=style, lw=1.2, color=color, label=label)
 
 
 # ----------------------------------------------------------------------------------------------- Fig. 3
@@ -156,8 +181,8 @@ def _test_set_palette(test_sets: Sequence[str]) -> dict[str, Any]:
 def plot_group_comparison(eval_table: pd.DataFrame, differences: pd.DataFrame | None = None) -> Figure:
     """Accuracy per IFT group and test set with 95% CIs, beside our paired differences vs the paper's."""
     data = _percent(eval_table)
-    data = data[data["group"].isin(GROUP_ORDER)]
-    present = [g for g in GROUP_ORDER if g in set(data["group"])]
+    data = data[data["group"].isin((*CONTROL_ORDER, *GROUP_ORDER))]
+    present = [g for g in (*CONTROL_ORDER, *GROUP_ORDER) if g in set(data["group"])]
     test_sets = ordered_unique(data["test_set"]) if len(data) else []
     fig = Figure(figsize=(11.5, 4.2), layout="constrained")
     ax_bar, ax_diff = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.1, 1.0]})
@@ -165,15 +190,17 @@ def plot_group_comparison(eval_table: pd.DataFrame, differences: pd.DataFrame | 
         _empty_note(ax_bar, "no runs")
     else:
         plot_data = data.assign(group=data["group"].map(GROUP_LABELS))
+        colors = dict(zip(GROUP_ORDER, sns.color_palette("deep", len(GROUP_ORDER)), strict=True))
+        colors.update({g: CONTROL_STYLE[g][0] for g in CONTROL_ORDER})
         sns.barplot(data=plot_data, x="test_set", y="ft_pct", hue="group", order=test_sets,
                     hue_order=[GROUP_LABELS[g] for g in present], errorbar=_CI, seed=0, n_boot=_N_BOOT,
-                    capsize=0.1, ax=ax_bar)
+                    capsize=0.1, palette={GROUP_LABELS[g]: colors[g] for g in present}, ax=ax_bar)
         top = float(data.groupby(["test_set", "group"])["ft_pct"].mean().max())
         ax_bar.set_ylim(0, min(100.0, top * 1.25) if top > 0 else 1.0)
-        ax_bar.legend(fontsize=7, title=None, ncol=len(present), loc="upper center", frameon=False)
+        ax_bar.legend(fontsize=7, title=None, ncol=min(len(present), 3), loc="upper center", frameon=False)
     ax_bar.set_xlabel("test set")
-    ax_bar.set_ylabel("accuracy after IFT (%)")
-    ax_bar.set_title("Accuracy by IFT data group (95% CI over seeds)", fontsize=10)
+    ax_bar.set_ylabel("accuracy (%)")
+    ax_bar.set_title("Accuracy by group, controls first (95% CI over seeds)", fontsize=10)
 
     diffs = group_differences(eval_table) if differences is None else differences
     diffs = diffs[diffs["claim"].isin(CLAIM_SHORT) & (diffs["test_set"] != "all")].reset_index(drop=True)
@@ -185,14 +212,91 @@ def plot_group_comparison(eval_table: pd.DataFrame, differences: pd.DataFrame | 
         lo = np.nan_to_num(ours - diffs["lo"].astype(float).to_numpy(), nan=0.0)
         hi = np.nan_to_num(diffs["hi"].astype(float).to_numpy() - ours, nan=0.0)
         ax_diff.bar(x - 0.2, np.nan_to_num(ours), 0.4, yerr=[lo, hi], capsize=3, label="ours (95% CI)",
-                    color="#4c72b0")
-        ax_diff.bar(x + 0.2, diffs["paper"].astype(float).to_numpy(), 0.4, label="paper", color="0.7")
+                    color=["0.35" if c == CLAIM_GENERAL_VS_NO_IFT else "#4c72b0" for c in diffs["claim"]])
+        ax_diff.bar(x + 0.2, np.nan_to_num(diffs["paper"].astype(float).to_numpy()), 0.4, label="paper",
+                    color="0.7")
+        if "mde" in diffs.columns:
+            mde = diffs["mde"].astype(float).to_numpy()
+            ax_diff.scatter(x - 0.2, mde, marker="_", s=120, color="#c44e52", zorder=3,
+                            label="minimum detectable effect")
         ax_diff.axhline(0, color="black", lw=0.8)
         ax_diff.set_xticks(x, [f"{CLAIM_SHORT[c]}\n{t}" for c, t in zip(diffs["claim"], diffs["test_set"],
                                                                           strict=True)], fontsize=8)
         ax_diff.legend(fontsize=8)
     ax_diff.set_ylabel("difference in accuracy (points)")
-    ax_diff.set_title("Paired differences vs incompatible: ours and the paper's", fontsize=10)
+    ax_diff.set_title("Differences vs incompatible (G − N: general only − no IFT), ours and the paper's",
+                      fontsize=9)
+    return fig
+
+
+# ------------------------------------------------------------------------------- was it learned? epochs
+def plot_accuracy_vs_fit(train_fit: pd.DataFrame, eval_table: pd.DataFrame) -> Figure:
+    """Test accuracy against the share of a cell's own training questions it fits, per group (one panel per test
+    set; every evaluated epoch is a point, lines join a cell's epochs)."""
+    keys = ["model", "domain", "condition", "group", "seed", "epoch"]
+    missing = sorted(set(keys + ["fit"]) - set(train_fit.columns))
+    if missing:
+        raise ValueError(f"train_fit table lacks column(s) {missing}")
+    ev = eval_table if "epoch" in eval_table.columns else eval_table.assign(epoch=np.nan)
+    merged = ev.merge(train_fit[keys + ["fit"]], on=keys, how="inner")
+    merged = merged[merged["group"].isin(GROUP_ORDER + ("mixture",))].dropna(subset=["fit"])
+    merged = merged.assign(ft_pct=100.0 * merged["ft_acc"].astype(float), fit_pct=100.0 * merged["fit"])
+    test_sets = ordered_unique(merged["test_set"]) if len(merged) else ["(none)"]
+    groups = [g for g in (*GROUP_ORDER, "mixture") if g in set(merged["group"])]
+    colors = dict(zip(groups, sns.color_palette("deep", max(len(groups), 1)), strict=False))
+    fig = Figure(figsize=(3.6 * len(test_sets) + 1.0, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(test_sets), squeeze=False, sharex=True)[0]
+    for ax, ts in zip(axes, test_sets, strict=True):
+        sub = merged[merged["test_set"] == ts]
+        if sub.empty:
+            _empty_note(ax, "no cells with a training fit")
+        for g in groups:
+            part = sub[sub["group"] == g]
+            for _, cell in part.groupby(["model", "domain", "condition", "seed"]):
+                cell = cell.sort_values("epoch")
+                ax.plot(cell["fit_pct"], cell["ft_pct"], color=colors[g], lw=0.8, alpha=0.5)
+            if len(part):
+                ax.scatter(part["fit_pct"], part["ft_pct"], color=colors[g], s=18,
+                           label=GROUP_LABELS.get(g, g))
+        ax.set_title(ts, fontsize=10)
+        ax.set_xlabel("own training questions fitted (%)")
+    axes[0].set_ylabel("test accuracy (%)")
+    if groups:
+        axes[-1].legend(fontsize=7, loc="best")
+    fig.suptitle("Was it learned? Test accuracy against the fitted share of the cell's own training facts",
+                 fontsize=11)
+    return fig
+
+
+def has_epochs(eval_table: pd.DataFrame) -> bool:
+    """True when the eval table holds more than one evaluated epoch of some cell (eval_epochs was used)."""
+    return "epoch" in eval_table.columns and eval_table["epoch"].dropna().nunique() > 1
+
+
+def plot_accuracy_vs_epoch(eval_table: pd.DataFrame) -> Figure:
+    """Test accuracy per group against the evaluated epoch (one panel per test set), controls as reference lines."""
+    data = eval_table.assign(ft_pct=100.0 * eval_table["ft_acc"].astype(float))
+    controls = final_epoch(data[data["group"].isin(CONTROL_ORDER)])
+    data = data[data["group"].isin((*GROUP_ORDER, "mixture")) & data["epoch"].notna()]
+    test_sets = ordered_unique(data["test_set"]) if len(data) else ["(none)"]
+    groups = [g for g in (*GROUP_ORDER, "mixture") if g in set(data["group"])]
+    fig = Figure(figsize=(3.6 * len(test_sets) + 1.0, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(test_sets), squeeze=False, sharex=True)[0]
+    for k, (ax, ts) in enumerate(zip(axes, test_sets, strict=True)):
+        sub = data[data["test_set"] == ts]
+        if sub.empty:
+            _empty_note(ax, "no epochs")
+        else:
+            sns.lineplot(data=sub.assign(group=sub["group"].map(GROUP_LABELS)), x="epoch", y="ft_pct",
+                         hue="group", hue_order=[GROUP_LABELS[g] for g in groups], errorbar=_CI, seed=0,
+                         n_boot=_N_BOOT, marker="o", err_style="bars", legend=k == len(test_sets) - 1, ax=ax)
+        _control_lines(ax, controls[controls["test_set"] == ts])
+        if k == len(test_sets) - 1 and ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=7, loc="best")
+        ax.set_title(ts, fontsize=10)
+        ax.set_xlabel("epoch")
+    axes[0].set_ylabel("test accuracy (%)")
+    fig.suptitle("Test accuracy against training epoch (bars: 95% CI over replicates)", fontsize=11)
     return fig
 
 

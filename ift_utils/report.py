@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ift_utils.io import write_text
@@ -32,14 +33,32 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, border=0, float_format=lambda x: f"{x:.2f}", escape=True, na_rep="–")
 
 
+def _yes_no(value: object) -> str:
+    """A verdict's `supported` cell: yes / no, and – where the row supports no claim (controls, or missing)."""
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if isinstance(value, str) and value in ("True", "False"):  # read back from CSV
+        return "yes" if value == "True" else "no"
+    return "–"
+
+
 def toc_title(caption: str) -> str:
     """A caption's first sentence, for the contents list ("Fig. 2" and "e.g." do not end a sentence)."""
     m = re.search(r"(?<!Fig)(?<!e\.g)(?<!i\.e)\.(\s|$)", caption)
     return caption[: m.start()] if m else caption
 
 
-def build_report(run_dir: Path, figures: list[tuple[str, str]], verdict: pd.DataFrame, headline: str) -> Path:
-    """Write `run_dir/report.html`; `figures` are (file stem under figures/, caption)."""
+VERDICT_NOTE = ("<p>Differences are in accuracy points. <code>lo</code>–<code>hi</code>: the 95 % interval of the "
+                "question-level model named in <code>method</code>; <code>mde</code>: the smallest difference this "
+                "run would detect with 80 % power (α = 0.05, 2.80 × its SE), so “not supported” reads “smaller "
+                "than mde, if any”; <code>t_lo</code>–<code>t_hi</code>: the paired t interval over replicates, a "
+                "cross-check. Rows of kind <code>control</code> read the controls and support no claim (–).</p>")
+
+
+def build_report(run_dir: Path, figures: list[tuple[str, str]], verdict: pd.DataFrame, headline: str,
+                 tables: list[tuple[str, pd.DataFrame]] | None = None) -> Path:
+    """Write `run_dir/report.html`; `figures` are (file stem under figures/, caption); `tables` are extra
+    (title, frame) tables shown after the verdict (e.g. the consistency of the controls)."""
     run_dir = Path(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
     params = manifest.get("params", {})
@@ -58,9 +77,13 @@ def build_report(run_dir: Path, figures: list[tuple[str, str]], verdict: pd.Data
              f"<h2 id='verdict'>Verdict</h2><p>{html.escape(headline)}</p>"]
     v = verdict.copy()
     if "supported" in v:
-        v["supported"] = v["supported"].map(lambda s: "yes" if s is True else "no" if s is False else str(s))
+        v["supported"] = v["supported"].map(_yes_no)
+    if "mde" in v:
+        parts.append(VERDICT_NOTE)
     parts.append(_table(v).replace("<td>yes</td>", "<td class='yes'>yes</td>").replace("<td>no</td>",
                                                                                          "<td class='no'>no</td>"))
+    for title, frame in tables or []:
+        parts.append(f"<h3>{html.escape(title)}</h3>{_table(frame)}")
     parts.append("<h2 id='stages'>Stages</h2><ol>")
     for stem, title in STAGE_TITLES.items():
         rec = stages.get(stem, {})

@@ -111,3 +111,89 @@ def test_report_contents_take_a_captions_first_sentence():
         "Accuracy against the ratio (paper Fig. 2/4)"
     assert toc_title("Loss per step, e.g. for cell 1.") == "Loss per step, e.g. for cell 1"
     assert toc_title("No full stop") == "No full stop"
+
+
+# ------------------------------------------------------------------------------- controls, fit and epochs
+def _with_controls(eval_table: pd.DataFrame, epochs: tuple[float, ...] = (3.0,)) -> pd.DataFrame:
+    """The fixture's table at the given epochs (the last one final), plus no_ift (seed -1) and general_only rows."""
+    frames = [eval_table.assign(epoch=e, ft_acc=eval_table["ft_acc"] - 0.02 * (max(epochs) - e)) for e in epochs]
+    keys = eval_table[["model", "domain", "test_set", "base_acc"]].drop_duplicates()
+    no_ift = keys.assign(condition="no_ift", group="no_ift", ratio=np.nan, seed=-1, n=50, ft_acc=0.30,
+                         acc_diff=0.30 - keys["base_acc"], kl=0.2, rank_corr=0.6, epoch=np.nan)
+    general = pd.concat([keys.assign(seed=s) for s in (0, 1)]).assign(
+        condition="general_only", group="general_only", ratio=np.nan, n=50, ft_acc=0.35, kl=0.25,
+        rank_corr=0.5, epoch=max(epochs))
+    general["acc_diff"] = general["ft_acc"] - general["base_acc"]
+    return pd.concat([*frames, no_ift, general], ignore_index=True)
+
+
+def test_accuracy_vs_ratio_draws_the_controls_and_labels_the_base_probe(eval_table, tmp_path):
+    table = _with_controls(eval_table, epochs=(1.0, 3.0))
+    fig = plot_accuracy_vs_ratio(table)
+    assert len(fig.axes) == 6  # controls are reference lines, never a ratio condition or a panel
+    for ax in fig.axes:
+        flat = {round(line.get_ydata()[0], 6) for line in ax.get_lines() if line.get_linestyle() in (":", "-.")}
+        assert flat == {30.0, 35.0}, flat  # no_ift 30 %, general_only 35 %
+        assert any(line.get_linestyle() == "--" for line in ax.get_lines())  # the k-shot base probe, kept
+    labels = fig.axes[2].get_legend_handles_labels()[1]
+    assert "tiny: k-shot base probe" in labels and "general data only" in labels
+    # only the final epoch is drawn: the ratio points equal the fixture's final accuracies
+    xs = {round(float(v), 6) for ax in fig.axes for line in ax.get_lines() if line.get_linestyle() == "-"
+          for v in line.get_xdata()}
+    assert xs <= {0.0, 0.4, 1.0}
+    _check(fig, tmp_path, "acc_vs_ratio_controls")
+
+
+def test_group_comparison_shows_controls_and_the_mde(eval_table, tmp_path):
+    from ift_utils.statistics import CLAIM_GENERAL_VS_NO_IFT, CLAIM_HARMONIOUS
+
+    table = _with_controls(eval_table)
+    diffs = pd.DataFrame({"claim": [CLAIM_HARMONIOUS, CLAIM_GENERAL_VS_NO_IFT], "test_set": ["HOMO", "HOMO"],
+                          "ours": [3.0, 5.0], "lo": [-1.0, 1.0], "hi": [7.0, 9.0], "paper": [11.27, np.nan],
+                          "mde": [5.6, 5.6]})
+    fig = plot_group_comparison(table, diffs)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend[:2] == ["no IFT", "general only"]
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["H − I\nHOMO", "G − N\nHOMO"]
+    assert "minimum detectable effect" in fig.axes[1].get_legend_handles_labels()[1]
+    _check(fig, tmp_path, "groups_controls")
+
+
+def test_accuracy_vs_fit_and_vs_epoch(eval_table, tmp_path):
+    from ift_utils.plots import has_epochs, plot_accuracy_vs_epoch, plot_accuracy_vs_fit
+
+    table = _with_controls(eval_table, epochs=(1.0, 3.0))
+    cells = table[~table["group"].isin(["no_ift"])].drop_duplicates(
+        ["model", "domain", "condition", "group", "seed", "epoch"])
+    fit = cells[["model", "domain", "condition", "group", "ratio", "seed", "epoch"]].assign(
+        n=48, fit=lambda f: np.where(f["group"] == "general_only", np.nan, f["epoch"] / 3.0), gold=0.5, own=0.3)
+    fig = plot_accuracy_vs_fit(fit, table)
+    assert len(fig.axes) == 3
+    groups = fig.axes[-1].get_legend_handles_labels()[1]
+    assert set(groups) == {"harmonious", "incompatible", "self-aligning", "contextualized", "mixture"}
+    points = sum(len(c.get_offsets()) for c in fig.axes[0].collections)
+    assert points == 2 * 5 * 2 * 2  # domains × groups × seeds × epochs on HOMO; controls have no fit
+    _check(fig, tmp_path, "acc_vs_fit")
+    with pytest.raises(ValueError, match="fit"):
+        plot_accuracy_vs_fit(fit.drop(columns="fit"), table)
+
+    assert has_epochs(table) and not has_epochs(_with_controls(eval_table)) and not has_epochs(eval_table)
+    fig = plot_accuracy_vs_epoch(table)
+    assert len(fig.axes) == 3
+    assert {round(line.get_ydata()[0], 6) for line in fig.axes[0].get_lines()
+            if line.get_linestyle() in (":", "-.")} == {30.0, 35.0}
+    _check(fig, tmp_path, "acc_vs_epoch")
+
+
+def test_report_shows_the_mde_note_controls_without_a_verdict_and_extra_tables(tmp_path):
+    from ift_utils.report import build_report
+
+    verdict = pd.DataFrame({"claim": ["harmonious > incompatible", "general_only − no_ift"],
+                            "test_set": ["HOMO", "HOMO"], "ours": [3.2, 5.0], "lo": [-1.0, 1.0], "hi": [7.4, 9.0],
+                            "mde": [6.1, 5.9], "supported": [False, None], "reading": ["not supported", "differs"]})
+    extra = pd.DataFrame({"group": ["no_ift"], "test_set": ["HOMO"], "kl": [0.21]})
+    page = build_report(tmp_path, [], verdict, "headline", tables=[("Controls' consistency", extra)])
+    text = page.read_text(encoding="utf-8")
+    assert "with 80 % power" in text and "<code>mde</code>" in text
+    assert "<td class='no'>no</td>" in text and "<td>–</td>" in text and "None" not in text
+    assert "<h3>Controls&#x27; consistency</h3>" in text and "0.21" in text
