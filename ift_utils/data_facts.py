@@ -12,6 +12,8 @@ Domains (one relation each, like MMLU's split of history into US/European/world)
 - ``us_city_state``: a US city -> its state; ID: which of four big cities is in the same state.
 - ``europe_city_country``: a European city -> its country; ID: the capital of that country.
 `id_test` asks the ID relation about the test entities (plus fresh held-out ones when `n_id > n_test`).
+The questions bring no explanation of their own: `fact_sentence` states the asked relation for any option
+("{name} is a city in {country}."), never another fact (no capital: that is the ID answer).
 
 Entity rule (what is dropped): cities under 15,000 inhabitants; a city whose accent- and case-folded
 name occurs more than once in the table (anywhere: "Paris" is also in Texas); a name containing a country
@@ -150,21 +152,22 @@ class Relation:
 
     question: str  # templates over the entity record, e.g. "In which country is the city of {name}?"
     context: str
-    explanation: str
+    sentence: str  # states this relation only, for any option: {name} = the entity, {answer} / {the_answer}
     gold: str  # record field holding the gold answer
     alternatives: str  # record field listing (wrong answer, weight) pairs, nearest first
 
 
 _COUNTRY = Relation("In which country is the city of {name}?", "{name} is a city in {in_country}.",
-                    "{name} is a city in {in_country}, whose capital is {capital}.", "country", "near")
+                    "{name} is a city in {the_answer}.", "country", "near")
 _CAPITAL = Relation("What is the capital of the country in which the city of {name} lies?",
                     "{name} is a city in {in_country}, whose capital is {capital}.",
-                    "{name} lies in {in_country}, and the capital of {in_country} is {capital}.", "capital", "capitals")
+                    "The capital of the country in which {name} lies is {answer}.", "capital", "capitals")
 _STATE = Relation("In which US state is the city of {name}?", "{name} is a city in {state}.",
-                  "{name} is a city in the US state of {state}.", "state", "near")
+                  "{name} is a city in the US state of {answer}.", "state", "near")
 _SAME_STATE = Relation("Which of these cities is in the same US state as {name}?",
                        "{name} and {big} are both cities in {state}.",
-                       "{name} is a city in {state}, and so is {big}.", "big", "bigs")
+                       "{name} is in the same US state as {answer}.", "big", "bigs")
+RELATIONS: dict[str, Relation] = {r.gold: r for r in (_COUNTRY, _CAPITAL, _STATE, _SAME_STATE)}
 
 DOMAINS: dict[str, tuple[str, str, Relation, Relation]] = {
     "city_country": ("world", "world geography", _COUNTRY, _CAPITAL),
@@ -189,10 +192,21 @@ def _make(rel: Relation, rec: dict, answer: int, qid: int, domain: str, subject:
     wrong = [alt for _, alt in sorted(pool, reverse=True)[:N_OPTIONS - 1]]
     choices = [*wrong[:answer], gold, *wrong[answer:]]
     return MCQ(id=qid, question=rel.question.format(**rec), choices=tuple(choices), answer=answer,
-               explanation=rel.explanation.format(**rec), domain=domain, subject=subject,
+               domain=domain, subject=subject,
                context=rel.context.format(**rec), popularity=round(math.log10(rec["population"]), 4),
                raw={"entity": rec["name"], "geonameid": rec["gid"], "population": rec["population"],
                     "gold": gold, "relation": rel.gold, "source": SOURCE})
+
+
+def fact_sentence(q: MCQ, choice: int) -> str | None:
+    """The relation's one-sentence statement of option `choice` ("Lyon is a city in France."), or None when
+    `q` is not a facts question. It states the asked relation only, for gold and wrong options alike."""
+    rel = RELATIONS.get(str(q.raw.get("relation", "")))
+    entity = q.raw.get("entity")
+    if rel is None or not entity or q.raw.get("source") != SOURCE:
+        return None
+    answer = q.choices[choice]
+    return rel.sentence.format(name=entity, answer=answer, the_answer=_the(answer))
 
 
 def _split(rel: Relation, recs: Sequence[dict], domain: str, subject: str, base_id: int,

@@ -10,10 +10,16 @@ Two prompt styles:
 - "short": the same idea in a compact form for small models (answer letter *and* text, one short worked
   example, 48 new tokens).
 
-Extraction rule (stated once): the explanation is the text between the first pair of ``` — the prompt
-supplies the opening fence, so it is the completion up to the first closing ```. A completion without a
-closing fence (cut by the token limit, or ended by EOS) is *unparsable*; a fenced but blank one is
-*empty*. Both are counted and replaced by the template `The answer is {option text}.` — never dropped.
+Extraction rule (the original's, DESIGN.md §2; stated once): the explanation is the text between the first
+pair of ``` — the prompt supplies the opening fence (a fence the model repeats at the start is dropped), so
+it is the completion up to the first closing ```; without a closing fence it is the whole completion. Such
+a completion is kept, never replaced, and counted: *truncated* when it hit the token limit, *no_fence*
+when it ended (EOS) before. Only a blank result (*empty*) takes the template (`template_explanation`).
+Statuses are recomputed from the cached completion on every read, so a cache outlives a change of rule.
+
+Every group's explanations are made one way (`Explanation.source`): "model" (this module, gold answer for
+gold groups, the model's own for self-aligning), "template" (`template_explanation`: a sentence stating only
+the answer's own relation), or "data" (an explanation the data bring, kept for gold answers).
 
 Seeding: each item samples from its own `torch.Generator`, seeded from (cfg.seed, id, choice), inside a
 logits processor; `generate` then decodes greedily over the one-hot result. So an item's draws do not
@@ -119,18 +125,52 @@ def explain_prompt(q: MCQ, choice: int, style: str = "short") -> str:
     raise ValueError(f"explanation style must be one of {STYLES}, got {style!r}")
 
 
-def extract_explanation(completion: str, *, opened: bool = True) -> str | None:
-    """The text inside the first ``` pair (the opening one is in the prompt when `opened`), stripped;
-    None when there is no such pair (unparsable)."""
-    parts = completion.split(FENCE)
-    if opened:
-        return parts[0].strip() if len(parts) >= 2 else None
-    return parts[1].strip() if len(parts) >= 3 else None
+@dataclass(frozen=True)
+class Explanation:
+    """One response explanation and how it was made: source "model" | "template" | "data"; status "ok",
+    "no_fence", "truncated", "empty" (model output, see the extraction rule), else the source's name."""
+
+    text: str
+    source: str
+    status: str
+
+
+def _strip_fence(text: str) -> str:
+    stripped = text.lstrip()
+    return stripped[len(FENCE):] if stripped.startswith(FENCE) else text
+
+
+def extract_explanation(completion: str, *, opened: bool = True) -> str:
+    """The text between the first ``` pair (the opening one is in the prompt when `opened`), stripped;
+    without a closing fence, the whole completion with a leading fence removed. Never None (the original
+    keeps every completion)."""
+    if not opened:
+        parts = completion.split(FENCE)
+        return parts[1].strip() if len(parts) >= 3 else _strip_fence(completion).strip()
+    return _strip_fence(completion).split(FENCE)[0].strip()
+
+
+def completion_status(completion: str, new_tokens: int, limit: int) -> str:
+    """"ok" (closing fence), "truncated" (no closing fence, token limit hit), "no_fence" (ended before),
+    or "empty" (blank explanation)."""
+    if not extract_explanation(completion):
+        return "empty"
+    if FENCE in _strip_fence(completion):
+        return "ok"
+    return "truncated" if new_tokens >= limit else "no_fence"
+
+
+def template_explanation(q: MCQ, choice: int) -> str:
+    """A sentence that states only option `choice`'s own relation: the facts relation's sentence
+    ("Lyon is a city in France.") for facts questions, else "The answer is {option text}."."""
+    from ift_utils.data_facts import fact_sentence
+
+    return fact_sentence(q, choice) or f"The answer is {q.choices[choice]}."
 
 
 def fallback_explanation(q: MCQ, choice: int) -> str:
-    """The template used when the model's output is empty or unparsable."""
-    return f"The answer is {q.choices[choice]}."
+    """The template that replaces a blank model explanation (= `template_explanation`)."""
+    return template_explanation(q, choice)
 
 
 def item_seed(seed: int, qid: int, choice: int) -> int:
@@ -155,14 +195,14 @@ def read_cache(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
     bad = 0
     if not path.exists():
         return records, bad
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:  # bytes: a line cut inside a multi-byte character is one bad line, not an error
         for line in f:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = json.loads(line.decode("utf-8"))
                 records[rec["key"]] = rec
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
                 bad += 1
     return records, bad
 
@@ -256,11 +296,12 @@ def _generate_batch(model: Any, tokenizer: Any, prompts: list[str], seeds: list[
 
 
 def generate_explanations(model: Any, tokenizer: Any, items: list[tuple[MCQ, int]], cfg: ExplainConfig,
-                          cache_path: Path, progress: bool = True) -> tuple[list[str], dict[str, Any]]:
-    """Explanations for (question, chosen option) items, in item order, cached per item in `cache_path`.
+                          cache_path: Path, progress: bool = True) -> tuple[list[Explanation], dict[str, Any]]:
+    """Model-written explanations for (question, chosen option) items, in item order, cached per item.
 
-    Stats: items, generated (model ran this call), cached (reused), empty, unparsable, fallback
-    (= empty + unparsable, replaced by the template), bad_cache_lines, new_tokens, seconds, fallback_items.
+    Stats: items, generated (model ran this call), cached (reused), ok, no_fence, truncated, empty (replaced
+    by the template: `fallback`), truncated_items and fallback_items ([id, choice]), bad_cache_lines,
+    new_tokens, seconds.
     """
     from ift_utils.progress import progress as tqdm
 
@@ -295,11 +336,8 @@ def generate_explanations(model: Any, tokenizer: Any, items: list[tuple[MCQ, int
                 recs = []
                 for i, text, n in zip(idx, texts, counts, strict=True):
                     q, choice = items[i]
-                    found = extract_explanation(text)
-                    status = "unparsable" if found is None else ("empty" if not found else "ok")
                     recs.append({"key": keys[i], "id": q.id, "choice": choice, "seed": seeds[i],
-                                 "style": cfg.style, "completion": text, "status": status, "new_tokens": n,
-                                 "explanation": found if status == "ok" else fallback_explanation(q, choice)})
+                                 "style": cfg.style, "completion": text, "new_tokens": n})
                     stats["new_tokens"] += n
                 _append(cache_path, recs)
                 for r in recs:
@@ -310,17 +348,18 @@ def generate_explanations(model: Any, tokenizer: Any, items: list[tuple[MCQ, int
         bar.close()
         tokenizer.padding_side = side
 
-    out, statuses, fallback_items = [], [], []
+    out: list[Explanation] = []
     for (q, choice), k in zip(items, keys, strict=True):
         rec = results[k]
-        statuses.append(rec["status"])
-        out.append(rec["explanation"])
-        if rec["status"] != "ok":
-            fallback_items.append([q.id, choice])
-    stats["empty"] = statuses.count("empty")
-    stats["unparsable"] = statuses.count("unparsable")
-    stats["fallback"] = stats["empty"] + stats["unparsable"]
-    stats["fallback_items"] = fallback_items
+        status = completion_status(rec["completion"], int(rec["new_tokens"]), cfg.new_tokens)
+        out.append(Explanation(template_explanation(q, choice), "template", "empty") if status == "empty"
+                   else Explanation(extract_explanation(rec["completion"]), "model", status))
+    statuses = [e.status for e in out]
+    for status in ("ok", "no_fence", "truncated", "empty"):
+        stats[status] = statuses.count(status)
+    stats["fallback"] = stats["empty"]
+    stats["truncated_items"] = [[q.id, c] for (q, c), e in zip(items, out, strict=True) if e.status == "truncated"]
+    stats["fallback_items"] = [[q.id, c] for (q, c), e in zip(items, out, strict=True) if e.status == "empty"]
     stats["tokens_per_s"] = stats["new_tokens"] / stats["seconds"] if stats["seconds"] else None
     stats["config"] = asdict(cfg)
     return out, stats

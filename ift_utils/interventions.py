@@ -5,19 +5,28 @@ From the probe of the training questions we build
 
 - incompatible: confidently-wrong questions, response = gold answer (+ gold explanation);
 - self_aligning: the same questions, response = the model's own answer (+ its own explanation);
-- harmonious: confidently-correct questions, sub-sampled (seeded) to the incompatible size;
+- harmonious: confidently-correct questions, sub-sampled (seeded) to the incompatible size; when there are
+  fewer of them, every compared group is cut (seeded) to the harmonious size instead, and the cut recorded;
 - contextualized: incompatible with the question's knowledge context prepended to the query;
 - ratio r: a seeded round(r·n) of the incompatible questions replaced by their self-aligning version.
   One seeded permutation serves every r, so the self set of a smaller r is inside that of a larger r.
 
 `round` is Python's (halves to even): round(0.5·5) = 2. Examples are dicts in the original record schema
 (`MCQ.to_json()`) plus `target, pred, confidence, version, with_context`; `explanation` holds the
-explanation *of the response* and is filled by `attach_explanations`.
+explanation *of the response* and is filled by `attach_explanations`, with `explanation_source` (data,
+model or template) and `explanation_status` (see `explanations`).
+
+Questions are identified by source and id (`question_key`: domain, subject, id) and by their normalized
+text and options (`question_text_key`), so the leak check neither confuses equal ids of two sources nor
+misses one question stored under two ids. Replicates draw their own facts: `replicate_seed`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
+import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -26,6 +35,7 @@ from typing import Any
 
 import pandas as pd
 
+from ift_utils.explanations import Explanation
 from ift_utils.io import write_jsonl
 from ift_utils.prompts import chat, ift_query, ift_response
 from ift_utils.records import LETTERS, MCQ
@@ -53,6 +63,12 @@ class Groups:
             yield name, getattr(self, name)
         for r in sorted(self.ratios):
             yield ratio_name(r), self.ratios[r]
+
+
+def replicate_seed(data_seed: int, seed: int) -> int:
+    """The data seed of replicate `seed` (a training seed of `P.seeds`): sha256 of "data{data_seed}/rep{seed}",
+    so each replicate draws its own facts and general data, and no two (data_seed, seed) pairs collide."""
+    return int.from_bytes(hashlib.sha256(f"data{data_seed}/rep{seed}".encode()).digest()[:8], "big") >> 1
 
 
 def ratio_name(r: float) -> str:
@@ -107,7 +123,9 @@ def make_example(q: MCQ, pred: int, confidence: float, *, version: str, with_con
     if version not in ("gold", "self"):
         raise ValueError(f"version must be 'gold' or 'self', got {version!r}")
     ex = q.to_json()
-    ex["explanation"] = q.explanation if version == "gold" else ""
+    own = q.explanation if version == "gold" else ""
+    ex["explanation"] = own
+    ex["explanation_source"] = ex["explanation_status"] = "data" if own else ""
     ex.update(target=q.answer if version == "gold" else pred, pred=pred, confidence=float(confidence),
               version=version, with_context=bool(with_context and q.context))
     return ex
@@ -128,11 +146,13 @@ def _sample(pool: list[Any], k: int, rng: random.Random) -> list[Any]:
 
 def build_groups(train: list[MCQ], probe: pd.DataFrame, *, threshold: float = 0.5,
                  ratios: Iterable[float] = (0, .05, .1, .2, .4, .6, .8, 1), seed: int = 0,
-                 max_per_group: int | None = None) -> Groups:
+                 max_per_group: int | None = None, match_harmonious: bool = True) -> Groups:
     """All intervention groups from the probed training questions (explanations attached later).
 
     Every random choice uses its own RNG seeded from (seed, purpose), so changing the ratios does not
-    change which harmonious questions are picked, and so on."""
+    change which harmonious questions are picked, and so on. With `match_harmonious` (harmonious is one of
+    the compared groups) and fewer confidently-correct than chosen confidently-wrong questions, the chosen
+    ones are cut (seeded) to the harmonious pool's size, so every compared group has the same size."""
     ratios = sorted({float(r) for r in ratios})
     bad = [r for r in ratios if not 0 <= r <= 1]
     if bad:
@@ -146,6 +166,9 @@ def build_groups(train: list[MCQ], probe: pd.DataFrame, *, threshold: float = 0.
     chosen = incompatible_pool
     if max_per_group is not None:
         chosen = _sample(incompatible_pool, max_per_group, random.Random(f"{seed}:incompatible"))
+    n_before_cut = len(chosen)
+    if match_harmonious and len(harmonious_pool) < len(chosen):
+        chosen = _sample(chosen, len(harmonious_pool), random.Random(f"{seed}:cut"))
     n = len(chosen)
     harmonious = _sample(harmonious_pool, n, random.Random(f"{seed}:harmonious"))
 
@@ -164,12 +187,23 @@ def build_groups(train: list[MCQ], probe: pd.DataFrame, *, threshold: float = 0.
               "probed": len(train) - len(pools["missing"]), "missing_from_probe": len(pools["missing"]),
               "unconfident": len(pools["unconfident"]), "harmonious_pool": len(harmonious_pool),
               "incompatible_pool": len(incompatible_pool), "n": n, "harmonious": len(harmonious),
-              "harmonious_short": max(0, n - len(harmonious)), "contextualized_without_context": len(no_context),
+              "harmonious_short": max(0, n - len(harmonious)), "match_harmonious": match_harmonious,
+              "cut_to_harmonious": n_before_cut - n, "contextualized_without_context": len(no_context),
               "contextualized_without_context_ids": no_context[:20],
               "ratio_self_counts": {ratio_name(r): round(r * n) for r in ratios}}
     return Groups(incompatible=gold, self_aligning=self_,
                   harmonious=[make_example(q, p, conf[q.id], version="gold") for q, p in harmonious],
                   contextualized=ctx, ratios=ratio_sets, report=report)
+
+
+def context_problem(groups: Groups) -> str | None:
+    """Why the contextualized group cannot be trained (no chosen question has a context), else None.
+    Without contexts it would silently equal the incompatible group; the study refuses it."""
+    if groups.incompatible and not any(ex["with_context"] for ex in groups.contextualized):
+        return (f"the contextualized group has no knowledge context: none of its {len(groups.contextualized)} "
+                "training questions has a `context` field, so it would equal the incompatible group; "
+                "remove 'contextualized' from extra_groups, or give the questions a context")
+    return None
 
 
 def needed_explanations(groups: Groups) -> dict[str, list[tuple[MCQ, int]]]:
@@ -187,20 +221,24 @@ def needed_explanations(groups: Groups) -> dict[str, list[tuple[MCQ, int]]]:
     return {"gold": list(gold.values()), "self": list(selfs.values())}
 
 
-def attach_explanations(groups: Groups, gold_expl: dict[int, str], self_expl: dict[int, str]) -> Groups:
-    """A copy of `groups` with every example's response explanation filled: gold versions keep the
-    record's own explanation when it has one, else take `gold_expl[id]`; self versions take `self_expl[id]`.
-    Raises naming the ids that have no explanation."""
+def attach_explanations(groups: Groups, gold_expl: dict[int, Explanation | str],
+                        self_expl: dict[int, Explanation | str]) -> Groups:
+    """A copy of `groups` with every example's response explanation filled: gold versions keep the data's
+    own explanation when the record has one, else take `gold_expl[id]`; self versions take `self_expl[id]`.
+    A plain string counts as a template. Raises naming the ids that have no explanation."""
     missing: dict[str, list[int]] = {"gold": [], "self": []}
 
     def fill(ex: Example) -> Example:
-        if ex["version"] == "self":
-            text = self_expl.get(ex["id"], "")
-        else:
-            text = ex["explanation"] or gold_expl.get(ex["id"], "")
-        if not text:
+        if ex["version"] == "gold" and ex.get("explanation_source") == "data":
+            return dict(ex)
+        found = (self_expl if ex["version"] == "self" else gold_expl).get(ex["id"])
+        if isinstance(found, str):
+            found = Explanation(found, "template", "template")
+        if found is None or not found.text:
             missing[ex["version"]].append(ex["id"])
-        return {**ex, "explanation": text}
+            return dict(ex)
+        return {**ex, "explanation": found.text, "explanation_source": found.source,
+                "explanation_status": found.status}
 
     new = {name: [fill(ex) for ex in getattr(groups, name)] for name in GROUP_NAMES}
     ratio_sets = {r: [fill(ex) for ex in exs] for r, exs in groups.ratios.items()}
@@ -237,22 +275,49 @@ def mix_general(domain_examples: list[Any], general_examples: list[Any], ratio: 
     return mixed
 
 
-def check_groups(groups: Groups, train_ids: Iterable[int], heldout_ids: Iterable[int]) -> list[str]:
-    """Problems with the groups (empty when all invariants hold); the caller decides to raise."""
+def _fold(text: str) -> str:
+    """Accent- and case-folded text with whitespace collapsed."""
+    decomposed = unicodedata.normalize("NFKD", str(text))
+    return " ".join("".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold().split())
+
+
+def question_key(q: MCQ) -> tuple[str, str, int]:
+    """A question's identity by source and id: (domain, subject, id). Ids are unique within a source only."""
+    return (q.domain or "", q.subject or "", int(q.id))
+
+
+def question_text_key(q: MCQ) -> tuple[str, tuple[str, ...]]:
+    """A question's identity by content: folded question text and its folded options (in any order)."""
+    return _fold(q.question), tuple(sorted(_fold(c) for c in q.choices))
+
+
+def check_groups(groups: Groups, train: Iterable[MCQ], heldout: Iterable[MCQ]) -> list[str]:
+    """Problems with the groups (empty when all invariants hold); the caller decides to raise.
+
+    A training example is a leak when it is a held-out question (dev/test/ID/OOD of any domain) by source and
+    id, or by normalized text and options under another id; an equal id from another source is not."""
     problems: list[str] = []
-    train_ids, heldout_ids = set(train_ids), set(heldout_ids)
+    train_keys = {question_key(q) for q in train}
+    held = list(heldout)
+    held_keys = {question_key(q) for q in held}
+    held_texts = {question_text_key(q): q for q in held}
     inc = groups.incompatible
     n = len(inc)
     inc_ids = [ex["id"] for ex in inc]
     for name, examples in groups.items():
         ids = [ex["id"] for ex in examples]
-        leaked = sorted(set(ids) & heldout_ids)
+        qs = [example_mcq(ex) for ex in examples]
+        leaked = sorted({q.id for q in qs if question_key(q) in held_keys})
         if leaked:
-            problems.append(f"{name}: {len(leaked)} held-out (test/dev) question(s) in a training set, "
-                            f"e.g. {leaked[:5]}")
-        foreign = sorted(set(ids) - train_ids)
+            problems.append(f"{name}: {len(leaked)} held-out (dev/test/ID/OOD) question(s) in a training set "
+                            f"(same source and id), e.g. {leaked[:5]}")
+        copies = [(q.id, held_texts[question_text_key(q)]) for q in qs if question_text_key(q) in held_texts]
+        if copies:
+            problems.append(f"{name}: {len(copies)} training question(s) equal to a held-out question by text and "
+                            "options, e.g. " + ", ".join(f"{i} = {h.domain or h.subject}/{h.id}" for i, h in copies[:5]))
+        foreign = sorted({q.id for q in qs if question_key(q) not in train_keys})
         if foreign:
-            problems.append(f"{name}: {len(foreign)} id(s) not in the training split, e.g. {foreign[:5]}")
+            problems.append(f"{name}: {len(foreign)} question(s) not in the training split, e.g. {foreign[:5]}")
         if len(set(ids)) != len(ids):
             problems.append(f"{name}: duplicate question ids")
         for ex in examples:
@@ -262,7 +327,7 @@ def check_groups(groups: Groups, train_ids: Iterable[int], heldout_ids: Iterable
             if ex["version"] == "self" and not ex["target"] == ex["pred"] != ex["answer"]:
                 problems.append(f"{name}: self example {ex['id']} must have target == pred != answer")
                 break
-        if groups.explained and any(not ex["explanation"] for ex in examples):
+        if groups.explained and any(not ex["explanation"] or not ex["explanation_source"] for ex in examples):
             problems.append(f"{name}: examples without an explanation after attach_explanations")
     for ex in inc:
         if ex["version"] != "gold" or ex["pred"] == ex["answer"]:
@@ -273,9 +338,11 @@ def check_groups(groups: Groups, train_ids: Iterable[int], heldout_ids: Iterable
         problems.append(f"harmonious and incompatible share {len(harm_ids & set(inc_ids))} question(s)")
     if any(ex["pred"] != ex["answer"] or ex["version"] != "gold" for ex in groups.harmonious):
         problems.append("harmonious: an example whose prediction is not the gold answer")
-    expected_h = min(n, groups.report.get("harmonious_pool", n))
+    matched = groups.report.get("match_harmonious", True)
+    expected_h = n if matched else min(n, groups.report.get("harmonious_pool", n))
     if len(groups.harmonious) != expected_h:
-        problems.append(f"harmonious has {len(groups.harmonious)} examples, expected {expected_h}")
+        problems.append(f"harmonious has {len(groups.harmonious)} examples, expected {expected_h}"
+                        + (" (compared groups must have the same size)" if matched else ""))
     if [ex["id"] for ex in groups.self_aligning] != inc_ids:
         problems.append("self_aligning and incompatible do not hold the same questions in the same order")
     elif any(s["version"] != "self" for s in groups.self_aligning):
@@ -294,6 +361,87 @@ def check_groups(groups: Groups, train_ids: Iterable[int], heldout_ids: Iterable
         if n_self != round(r * n):
             problems.append(f"{name}: {n_self} self-aligning examples, expected round({r} × {n}) = {round(r * n)}")
     return problems
+
+
+MIN_ANSWER_CHARS = 2  # shorter answers (a single letter or digit) cannot be told from ordinary words
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(re.findall(r"\w+", _fold(text)))
+
+
+def answer_index(answers: Iterable[str]) -> dict[int, dict[tuple[str, ...], str]]:
+    """Answer texts by their folded words, grouped by word count, for whole-word look-ups; answers under
+    MIN_ANSWER_CHARS characters (letters and digits) are left out."""
+    index: dict[int, dict[tuple[str, ...], str]] = {}
+    for a in answers:
+        words = _words(a)
+        if len("".join(words)) >= MIN_ANSWER_CHARS:
+            index.setdefault(len(words), {}).setdefault(words, str(a))
+    return index
+
+
+def find_answers(text: str, index: dict[int, dict[tuple[str, ...], str]]) -> set[tuple[str, ...]]:
+    """The indexed answers that occur in `text` as whole words (case- and accent-folded)."""
+    words = _words(text)
+    return {words[i:i + n] for n, table in index.items() for i in range(len(words) - n + 1)
+            if words[i:i + n] in table}
+
+
+def leaked_answers(ex: Example, index: dict[int, dict[tuple[str, ...], str]]) -> list[str]:
+    """Test answers (ID/OOD gold texts in `index`) that the example's explanation states and that its own
+    question and options do not already show."""
+    found = find_answers(ex.get("explanation", ""), index)
+    if not found:
+        return []
+    shown = set().union(*(find_answers(t, index) for t in [ex["question"], *ex["choices"]]))
+    return sorted(index[len(w)][w] for w in found - shown)
+
+
+def explanation_table(groups: Groups, answers: Iterable[str]) -> pd.DataFrame:
+    """One row per group: how its explanations were made (data / model / template), how many model ones
+    were truncated, had no closing fence or came back empty, and how many state the gold answer of an ID/OOD
+    test question (`leaking`; `leaking_template`: of those, made by a template, which must be 0)."""
+    index = answer_index(answers)
+    rows = []
+    for name, examples in groups.items():
+        leaks = [leaked_answers(ex, index) for ex in examples]
+        source = Counter(ex.get("explanation_source", "") for ex in examples)
+        status = Counter(ex.get("explanation_status", "") for ex in examples)
+        found = Counter(a for lk in leaks for a in lk)
+        rows.append({"group": name, "n": len(examples), "data": source["data"], "model": source["model"],
+                     "template": source["template"], "truncated": status["truncated"],
+                     "no_fence": status["no_fence"], "empty": status["empty"],
+                     "leaking": sum(bool(lk) for lk in leaks),
+                     "leaking_template": sum(bool(lk) and ex.get("explanation_source") == "template"
+                                             for lk, ex in zip(leaks, examples, strict=True)),
+                     "leaked_answers": ", ".join(a for a, _ in found.most_common(5))})
+    return pd.DataFrame(rows)
+
+
+def check_cells(cells: dict[str, list[dict[str, str]]], general: list[dict[str, str]], n_domain: int,
+                controls: Iterable[str] = ("general_only",)) -> list[str]:
+    """Problems with one replicate's training sets: every cell must have the same size (n_domain + the
+    general examples), the domain cells must hold exactly `general` as their general data, and a control
+    cell (general only) must hold general examples only, starting with `general`."""
+    problems = []
+    sizes = {name: len(examples) for name, examples in cells.items()}
+    if len(set(sizes.values())) > 1:
+        problems.append(f"training sets differ in size: {sizes}")
+    want = Counter(chat_key(e) for e in general)
+    for name, examples in cells.items():
+        keys = Counter(chat_key(e) for e in examples)
+        if name in controls:
+            if len(examples) != n_domain + len(general) or keys & want != want:
+                problems.append(f"{name}: not the shared general data plus {n_domain} more general examples")
+        elif keys & want != want or len(examples) - len(general) != n_domain:
+            problems.append(f"{name}: its general data differ from the shared general data of this replicate")
+    return problems
+
+
+def chat_key(example: dict[str, str]) -> tuple[str, str]:
+    """(prompt, response): how a chat training example is compared."""
+    return example["prompt"], example["response"]
 
 
 def write_groups(groups: Groups, out_dir: str | Path) -> dict[str, Path]:

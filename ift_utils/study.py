@@ -148,8 +148,10 @@ def probe_domain(model, tok, dd: DomainData, P, paths: RunPaths) -> pd.DataFrame
     """Probe the base model on a domain's train split and HOMO/ID/OOD test sets (cached per domain)."""
     parts = {"train": dd.train, "HOMO": dd.test, "ID": dd.id_test, "OOD": dd.ood_test}
     key = {"model": P.model, "scoring": P.scoring, "k_shot": P.k_shot, "style": P.prompt_style,
+           "belief_prompts": P.belief_prompts, "precision": precision_of(P),
            "questions": {s: [q.to_json() for q in qs] for s, qs in parts.items()},
-           "demos": {s: [q.to_json() for q in v] for s, v in sorted(dd.demos.items())}}
+           "demos": {s: [q.to_json() for q in v] for s, v in sorted(dd.demos.items())},
+           "variant_demos": [q.to_json() for q in dd.dev]}
     return cached_frame(paths.probe / f"{dd.name}.jsonl", key, lambda: _probe(model, tok, dd, P, parts))
 
 
@@ -159,10 +161,69 @@ def _probe(model, tok, dd: DomainData, P, parts: dict[str, list[MCQ]]) -> pd.Dat
         if not qs:
             continue
         f = score_by_subject(model, tok, qs, P, dd, desc=f"probe {dd.name}/{split}")
+        if split == "train" and P.belief_prompts > 1:
+            f = f.assign(variant_preds=belief_variants(model, tok, qs, P, dd, f))
         f.insert(1, "split", split)
         f.insert(0, "probe_domain", dd.name)
         frames.append(f)
     return pd.concat(frames, ignore_index=True)
+
+
+def permuted(q: MCQ, seed: str) -> tuple[MCQ, list[int]]:
+    """`q` with its options in a seeded order, and `order` (order[i] = original index of option i)."""
+    from dataclasses import replace
+
+    order = list(range(len(q.choices)))
+    random.Random(seed).shuffle(order)
+    return replace(q, choices=tuple(q.choices[i] for i in order), answer=order.index(q.answer)), order
+
+
+def belief_variants(model, tok, questions: list[MCQ], P, dd: DomainData, main: pd.DataFrame) -> list[list[int]]:
+    """Each question's predicted option (original indices) under `belief_prompts` prompts: the main one, then
+    variants with other demos (the next k dev questions) and a seeded option order (it matters in letter mode)."""
+    from dataclasses import replace
+
+    k = P.k_shot
+    preds = [[int(p)] for p in main["pred"]]
+    for v in range(1, P.belief_prompts):
+        demos = tuple(dd.dev[v * k:(v + 1) * k])
+        if k and len(demos) < k:
+            raise ValueError(f"belief_prompts={P.belief_prompts} needs {k * P.belief_prompts} dev questions in "
+                             f"domain {dd.name!r} ({k} demos per prompt), it has {len(dd.dev)}; lower belief_prompts")
+        shuffled = [permuted(q, f"belief:{P.data_seed}:{v}:{q.id}") for q in questions]
+        spec = replace(base_spec(P, dd, dd.subject), demos=demos)
+        frame = score_mcqs(model, tok, [q for q, _ in shuffled], spec, max_batch=P.batch_size_eval,
+                           desc=f"probe {dd.name}/train, prompt {v + 1} of {P.belief_prompts}")
+        for row, (_, order), pred in zip(preds, shuffled, frame["pred"], strict=True):
+            row.append(order[int(pred)])
+    return preds
+
+
+def belief_labels(train: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Per training question: the single-prompt label (paper rule: confident = top probability > threshold) and,
+    when several prompts were probed, the robust one: `known` = right under every prompt, `wrong` = the same
+    wrong answer under every prompt, else `unstable`. Pools use both: a fact enters harmonious (incompatible)
+    only when it is confidently right (wrong) under the main prompt and known (wrong) under all."""
+    conf = train["confidence"] > threshold
+    correct = train["correct"].astype(bool)
+    single = np.where(conf & correct, "known", np.where(conf & ~correct, "wrong", "unsure"))
+    out = train.assign(single=single)
+    if "variant_preds" not in train or train["variant_preds"].isna().all():
+        return out.assign(robust=single, belief=single)
+    preds = train["variant_preds"].tolist()
+    robust = ["known" if all(p == a for p in ps) else "wrong" if len(set(ps)) == 1 else "unstable"
+              for ps, a in zip(preds, train["answer"], strict=True)]
+    belief = np.where(single == np.array(robust), single, np.where(single == "unsure", "unsure", "unstable"))
+    return out.assign(robust=robust, belief=belief)
+
+
+def label_agreement(probe: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """How many training questions each label pair holds (single-prompt rule × robust rule), per domain, with
+    their mean base accuracy on the main prompt and mean popularity: how many labels the robust rule changes."""
+    t = belief_labels(probe[probe["split"] == "train"], threshold)
+    return (t.groupby(["probe_domain", "single", "robust"])
+             .agg(n=("id", "size"), accuracy=("correct", "mean"), popularity=("popularity", "mean"))
+             .reset_index())
 
 
 def accuracy_table(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -179,11 +240,13 @@ def accuracy_table(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def belief_table(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Per domain: how many training questions the model believes confidently right or wrong."""
-    t = frame[frame["split"] == "train"]
-    conf = t["confidence"] > threshold
-    return (t.assign(confident_correct=conf & t["correct"], confident_wrong=conf & ~t["correct"].astype(bool))
-             .groupby("probe_domain")[["confident_correct", "confident_wrong"]].sum()
+    """Per domain: training questions the model believes confidently right or wrong under the main prompt (the
+    paper's rule), and how many of them keep that label under every probed prompt (the pools stage 02 uses)."""
+    t = belief_labels(frame[frame["split"] == "train"], threshold)
+    return (t.assign(confident_correct=t["single"] == "known", confident_wrong=t["single"] == "wrong",
+                     known_all_prompts=t["belief"] == "known", wrong_all_prompts=t["belief"] == "wrong")
+             .groupby("probe_domain")[["confident_correct", "confident_wrong", "known_all_prompts",
+                                       "wrong_all_prompts"]].sum()
              .assign(n_train=t.groupby("probe_domain").size()))
 
 
@@ -238,7 +301,8 @@ def read_questions(paths: RunPaths, domain: str, split: str) -> list[MCQ]:
 
 
 def conditions(P) -> list[tuple[str, str, float]]:
-    """The grid's conditions per domain: (name, group, ratio); r=0 is incompatible, r=1 self-aligning."""
+    """The grid's trained conditions per domain: (name, group, ratio); r=0 is incompatible, r=1 self-aligning;
+    then the extra groups, then the `general_only` control when asked (no_ift trains nothing: not here)."""
     from ift_utils.interventions import ratio_name
 
     out = []
@@ -247,28 +311,49 @@ def conditions(P) -> list[tuple[str, str, float]]:
         out.append((ratio_name(r), group, r))
     for g in P.extra_groups:
         out.append((g, g, math.nan))
+    if GENERAL_ONLY in P.controls:
+        out.append((GENERAL_ONLY, GENERAL_ONLY, math.nan))
     return out
 
 
-def general_pool(P, n: int) -> tuple[list[dict], dict]:
-    """General instruction tasks: an alpaca-format file when given, else generated offline."""
+GENERAL_ONLY = "general_only"  # the control trained on general instruction data alone
+
+
+def general_pool(P, n: int, seed: int) -> tuple[list[dict], dict]:
+    """`n` general instruction tasks for one replicate (`seed`: its data seed): the alpaca-format file's rows
+    in a seeded order when given, else `n` generated offline. A longer request starts with the same tasks."""
     from ift_utils.general_tasks import generate_general_tasks, load_alpaca
 
-    if P.general_data:
-        tasks, report = load_alpaca(P.general_data)
-        return tasks, report.as_dict()
-    return generate_general_tasks(n, seed=P.data_seed), {"source": "generated", "n": n}
+    if not P.general_data:
+        return generate_general_tasks(n, seed=seed), {"source": "generated", "seed": seed, "n": n}
+    tasks, report = load_alpaca(P.general_data)
+    if len(tasks) < n:
+        raise ValueError(f"general_data {P.general_data}: {len(tasks)} usable rows, the cells need {n} "
+                         f"(general_ratio {P.general_ratio} × domain examples"
+                         + (", plus the domain examples' count for the general_only control)" if GENERAL_ONLY
+                            in P.controls else ")"))
+    random.Random(f"general:{seed}").shuffle(tasks)
+    return tasks[:n], {**report.as_dict(), "seed": seed, "n": n}
 
 
-def cell_examples(P, groups, name: str, general: list[dict], tok) -> list[dict]:
-    """The chat-formatted training set of one condition: its domain examples mixed with general tasks."""
+def cell_examples(P, groups, name: str, general: list[dict], tok, seed: int) -> list[dict]:
+    """The chat-formatted training set of one condition of a replicate (`seed`: its data seed): its domain
+    examples mixed with the replicate's first round(general_ratio × n) general tasks, the same for every
+    group; `general_only` gets as many general tasks as the others have examples, the shared ones first."""
     from ift_utils.general_tasks import general_example
     from ift_utils.interventions import mix_general, to_chat_examples
 
-    examples = dict(groups.items())[name]
-    domain = to_chat_examples(examples, mode=P.scoring, template=P.chat_template, tokenizer=tok)
-    gen = [general_example(t, P.chat_template, tok) for t in general]
-    return mix_general(domain, gen, P.general_ratio, seed=P.data_seed)
+    n = len(groups.incompatible)
+    k = round(P.general_ratio * n)
+    gen = [general_example(t, P.chat_template, tok) for t in general[:n + k]]
+    if len(gen) < (n + k if name == GENERAL_ONLY else k):
+        raise ValueError(f"{len(general)} general tasks given, condition {name!r} needs "
+                         f"{n + k if name == GENERAL_ONLY else k}")
+    if name == GENERAL_ONLY:
+        random.Random(f"{seed}:mix").shuffle(gen)
+        return gen
+    domain = to_chat_examples(dict(groups.items())[name], mode=P.scoring, template=P.chat_template, tokenizer=tok)
+    return mix_general(domain, gen[:k], P.general_ratio, seed=seed)
 
 
 # ---------------------------------------------------------------- stage 03: training
@@ -321,7 +406,8 @@ def cell_dir(paths: RunPaths, cell: Cell) -> Path:
 
 
 def cell_data(paths: RunPaths, cell: Cell) -> Path:
-    return paths.groups / cell.domain / f"{cell.condition}.chat.jsonl"
+    """A cell's chat-formatted training file: its replicate's (= its seed's) own sample of facts and general data."""
+    return paths.groups / cell.domain / f"rep{cell.seed}" / f"{cell.condition}.chat.jsonl"
 
 
 # ---------------------------------------------------------------- stage 04: evaluation
@@ -479,49 +565,104 @@ def score_cell(scorer_model, tok, cell: Cell, P, paths: RunPaths, tests: dict[st
 
 
 def build_domain_groups(P, paths: RunPaths, model, tok, domain: str, probe: pd.DataFrame) -> dict:
-    """Stage 02 for one domain: groups from beliefs, explanations, checks, files (original schema + chat)."""
-    from ift_utils.explanations import ExplainConfig, generate_explanations
+    """Stage 02 for one domain: per replicate (seed of `P.seeds`), groups drawn from the beliefs with the
+    replicate's own data seed; explanations made one way for every group (`P.explanations`); checks (no
+    held-out question, equal sizes and general data, no template stating an ID/OOD answer); files under
+    `groups/{domain}/rep{seed}/` (original schema + chat). Raises on a failed check."""
+    from ift_utils.explanations import ExplainConfig, Explanation, generate_explanations, template_explanation
+    from ift_utils.general_tasks import general_example
     from ift_utils.interventions import (
         attach_explanations,
         build_groups,
         card,
+        check_cells,
         check_groups,
+        context_problem,
+        explanation_table,
         needed_explanations,
+        replicate_seed,
         write_groups,
     )
 
     train = read_questions(paths, domain, "train")
-    heldout = {q.id for d in P.domains for s in ("dev", "test", "id_test", "ood_test")
-               for q in read_questions(paths, d, s)}
-    groups = build_groups(train, probe_frame(probe, domain, "train"), threshold=P.confidence_threshold,
-                          ratios=P.ratios, seed=P.data_seed, max_per_group=P.max_per_group)
-    if groups.report["n"] == 0:
-        raise ValueError(f"domain {domain!r}: no training question is confidently wrong (confidence > "
-                         f"{P.confidence_threshold}), so the incompatible and self-aligning groups are empty; "
-                         "lower confidence_threshold, raise n_train, or drop this domain")
+    heldout = [q for d in P.domains for s in ("dev", "test", "id_test", "ood_test") for q in read_questions(paths, d, s)]
+    answers = [q.choices[q.answer] for d in P.domains for s in ("id_test", "ood_test")
+               for q in read_questions(paths, d, s)]
+    beliefs = probe_frame(probe, domain, "train")
+    reps = {}
+    for seed in P.seeds:
+        g = build_groups(train, beliefs, threshold=P.confidence_threshold, ratios=P.ratios,
+                         seed=replicate_seed(P.data_seed, seed), max_per_group=P.max_per_group,
+                         match_harmonious="harmonious" in P.extra_groups)
+        if g.report["n"] == 0:
+            why = ("no training question is confidently wrong" if not g.report["incompatible_pool"] else
+                   "no training question is confidently right, so harmonious (one of extra_groups) cannot match "
+                   "the other groups' size")
+            raise ValueError(f"domain {domain!r}: {why} (confidence > {P.confidence_threshold}), so the groups are "
+                             "empty; lower confidence_threshold, raise n_train, or drop this domain")
+        problem = context_problem(g) if "contextualized" in P.extra_groups else None
+        if problem:
+            raise ValueError(f"domain {domain!r}: {problem}")
+        reps[seed] = g
+
+    need: dict[str, dict[int, tuple[MCQ, int]]] = {"gold": {}, "self": {}}
+    for g in reps.values():
+        for kind, items in needed_explanations(g).items():
+            need[kind].update({q.id: (q, c) for q, c in items})
+    expl: dict[str, dict[int, Explanation]] = {}
+    stats: dict[str, dict] = {}
     cfg = ExplainConfig(style=P.explanation_style, temperature=P.explanation_temperature, top_p=P.explanation_top_p,
                         max_new_tokens=P.explanation_max_new_tokens, batch_size=P.batch_size_eval, seed=P.data_seed)
-    need = needed_explanations(groups)
-    cache = paths.groups / domain / "explanations.cache.jsonl"
-    expl, stats = {}, {}
     for kind in ("gold", "self"):
-        texts, stats[kind] = generate_explanations(model, tok, need[kind], cfg, cache)
-        expl[kind] = {q.id: t for (q, _), t in zip(need[kind], texts, strict=True)}
-    groups = attach_explanations(groups, expl["gold"], expl["self"])
-    problems = check_groups(groups, [q.id for q in train], heldout)
-    if problems:
-        raise AssertionError(f"domain {domain!r}: group checks failed:\n  " + "\n  ".join(problems))
-    write_groups(groups, paths.groups / domain)
-    n_general = max(1, math.ceil(P.general_ratio * max(len(e) for _, e in groups.items())))
-    general, general_report = general_pool(P, n_general)
-    sizes = {}
-    for name, _, _ in conditions(P):
-        examples = cell_examples(P, groups, name, general, tok)
-        write_jsonl(paths.groups / domain / f"{name}.chat.jsonl", examples)
-        sizes[name] = len(examples)
-    table = card(groups, mode=P.scoring).assign(domain=domain)
-    return {"groups": groups, "card": table, "explanations": stats, "general": general_report,
-            "train_sizes": sizes, "report": groups.report}
+        items = list(need[kind].values())
+        if P.explanations == "model":  # one cache per domain: a question drawn by two replicates shares its text
+            made, stats[kind] = generate_explanations(model, tok, items, cfg,
+                                                      paths.groups / domain / "explanations.cache.jsonl")
+        else:
+            made = [Explanation(template_explanation(q, c), "template", "template") for q, c in items]
+            stats[kind] = {"items": len(items), "template": len(items)}
+        expl[kind] = {q.id: e for (q, _), e in zip(items, made, strict=True)}
+
+    out: dict[int, dict] = {}
+    cards, tables = [], []
+    first = {ex["id"] for ex in reps[P.seeds[0]].incompatible}
+    for seed, g in reps.items():
+        g = attach_explanations(g, expl["gold"], expl["self"])
+        where = f"domain {domain!r}, replicate {seed}"
+        problems = check_groups(g, train, heldout)
+        if problems:
+            raise AssertionError(f"{where}: group checks failed:\n  " + "\n  ".join(problems))
+        table = explanation_table(g, answers)
+        bad = table[table["leaking_template"] > 0]
+        if len(bad):
+            raise AssertionError(f"{where}: template explanations state the gold answer of an ID/OOD test question "
+                                 f"(the template must state only the answer's own relation): "
+                                 + "; ".join(f"{r.group}: {r.leaking_template} ({r.leaked_answers})"
+                                             for r in bad.itertuples()))
+        data_seed = replicate_seed(P.data_seed, seed)
+        n = len(g.incompatible)
+        k = round(P.general_ratio * n)
+        general, general_report = general_pool(P, n + k if GENERAL_ONLY in P.controls else k, data_seed)
+        cells = {name: cell_examples(P, g, name, general, tok, data_seed) for name, _, _ in conditions(P)}
+        problems = check_cells(cells, [general_example(t, P.chat_template, tok) for t in general[:k]], n)
+        if problems:
+            raise AssertionError(f"{where}: training-set checks failed:\n  " + "\n  ".join(problems))
+        folder = paths.groups / domain / f"rep{seed}"
+        write_groups(g, folder)
+        for name, examples in cells.items():
+            write_jsonl(folder / f"{name}.chat.jsonl", examples)
+        reps_row = {"domain": domain, "rep": seed}
+        cards.append(card(g, mode=P.scoring).assign(**reps_row))
+        tables.append(table.assign(**reps_row))
+        out[seed] = {"groups": g, "report": g.report, "data_seed": data_seed, "general": general_report,
+                     "train_sizes": {name: len(v) for name, v in cells.items()},
+                     "shared_with_first_rep": len(first & {ex["id"] for ex in g.incompatible})}
+
+    def keyed(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        f = pd.concat(frames, ignore_index=True)
+        return f[["domain", "rep", *(c for c in f if c not in ("domain", "rep"))]]
+
+    return {"replicates": out, "explanations": stats, "card": keyed(cards), "explanation_table": keyed(tables)}
 
 
 def train_cell(P, paths: RunPaths, cell: Cell, model_path: str) -> dict:

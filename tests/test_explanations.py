@@ -1,8 +1,10 @@
-"""Explanation generation: extraction between back-ticks, the fallback rule, the per-item cache
-(resumable, a cut last line ignored) and batch-independent seeding, on the tiny random model."""
+"""Explanation generation: the original's extraction rule (between back-ticks, else the whole completion),
+truncation counts, the template for blank outputs, the per-item cache (resumable, a cut last line ignored,
+re-read under the current rule) and batch-independent seeding, on the tiny random model."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,11 +13,14 @@ import pytest
 from ift_utils import explanations as ex
 from ift_utils.explanations import (
     ExplainConfig,
+    Explanation,
+    completion_status,
     explain_prompt,
     extract_explanation,
     fallback_explanation,
     generate_explanations,
     read_cache,
+    template_explanation,
 )
 from ift_utils.records import MCQ
 
@@ -30,17 +35,37 @@ ITEMS = [(QS[0], 1), (QS[1], 2), (QS[2], 0)]
     ("  two\nlines  ```\nmore ``` text", "two\nlines"),
     ("```", ""),
     ("   \n```", ""),
-    ("no closing fence at all", None),
-    ("", None),
+    ("no closing fence at all", "no closing fence at all"),  # kept whole, as the original does
+    ("```\nre-opened fence, cut", "re-opened fence, cut"),     # a leading fence is removed
+    ("```\nre-opened and closed\n```", "re-opened and closed"),
+    ("", ""),
 ])
-def test_extract_opened(text: str, expected: str | None) -> None:
+def test_extract_opened(text: str, expected: str) -> None:
     assert extract_explanation(text) == expected
 
 
 def test_extract_not_opened() -> None:
     assert extract_explanation("Sure: ``` because X ``` done", opened=False) == "because X"
-    assert extract_explanation("only ``` one fence", opened=False) is None
-    assert extract_explanation("no fences", opened=False) is None
+    assert extract_explanation("```only a leading fence", opened=False) == "only a leading fence"
+    assert extract_explanation("no fences", opened=False) == "no fences"
+
+
+@pytest.mark.parametrize("text, tokens, status", [
+    ("Fine.\n```", 5, "ok"), ("Fine.\n```", 10, "ok"), ("cut here", 10, "truncated"), ("ended", 4, "no_fence"),
+    (" \n```", 3, "empty"), ("", 10, "empty"),
+])
+def test_completion_status(text: str, tokens: int, status: str) -> None:
+    assert completion_status(text, tokens, limit=10) == status
+
+
+def test_template_states_only_the_answer() -> None:
+    assert template_explanation(QS[0], 2) == "The answer is Italy." == fallback_explanation(QS[0], 2)
+    from ift_utils.data_facts import build_facts_suite
+
+    q = build_facts_suite(seed=0, domains=["city_country"], n_train=1, n_dev=0, n_test=0, n_id=0)["city_country"]["train"][0]
+    wrong = (q.answer + 1) % 4
+    assert template_explanation(q, q.answer).startswith(f"{q.raw['entity']} is a city in ")
+    assert template_explanation(q, wrong).endswith(f"{q.choices[wrong]}.")
 
 
 @pytest.mark.parametrize("style", ["short", "paper"])
@@ -60,12 +85,12 @@ def test_config_validation() -> None:
             ExplainConfig(**bad)
 
 
-def test_fallback_rule_counts_empty_and_unparsable(monkeypatch, tmp_path: Path) -> None:
+def test_no_fence_kept_truncated_counted_empty_templated(monkeypatch, tmp_path: Path) -> None:
     outputs = {QS[0].id: "France is where Lyon is.\n```", QS[1].id: "\n```", QS[2].id: "rambling without a fence"}
 
     def fake_batch(model, tokenizer, prompts, seeds, cfg):
         texts = [next(v for k, v in outputs.items() if QS[k - 1].question in p.split("```")[-2]) for p in prompts]
-        return texts, [3] * len(texts)
+        return texts, [cfg.new_tokens if "rambling" in t else 3 for t in texts]
 
     class FakeTokenizer:
         padding_side = "right"
@@ -77,11 +102,19 @@ def test_fallback_rule_counts_empty_and_unparsable(monkeypatch, tmp_path: Path) 
     tok = FakeTokenizer()
     out, stats = generate_explanations(None, tok, ITEMS, ExplainConfig(batch_size=2), tmp_path / "c.jsonl",
                                        progress=False)
-    assert out == ["France is where Lyon is.", fallback_explanation(QS[1], 2), fallback_explanation(QS[2], 0)]
-    assert out[2] == "The answer is Sydney."
-    assert (stats["generated"], stats["cached"], stats["empty"], stats["unparsable"], stats["fallback"]) == (3, 0, 1, 1, 2)
-    assert stats["fallback_items"] == [[2, 2], [3, 0]]
+    assert out == [Explanation("France is where Lyon is.", "model", "ok"),
+                   Explanation(template_explanation(QS[1], 2), "template", "empty"),
+                   Explanation("rambling without a fence", "model", "truncated")]
+    assert (stats["generated"], stats["cached"], stats["ok"], stats["empty"], stats["truncated"]) == (3, 0, 1, 1, 1)
+    assert stats["fallback_items"] == [[2, 2]] and stats["truncated_items"] == [[3, 0]]
     assert tok.padding_side == "right"  # restored
+    # a cache written under the old rule (status "unparsable", template text) is re-read under the new one
+    lines = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    old = [{**r, "status": "unparsable", "explanation": "The answer is Sydney."} for r in lines]
+    (tmp_path / "old.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    again, s2 = generate_explanations(None, tok, ITEMS, ExplainConfig(batch_size=2), tmp_path / "old.jsonl",
+                                      progress=False)
+    assert again == out and s2["cached"] == 3
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +129,9 @@ def test_generation_cache_and_resume(tiny, tmp_path: Path) -> None:
     cache = tmp_path / "expl.jsonl"
     side = tok.padding_side
     out1, s1 = generate_explanations(model, tok, ITEMS, cfg, cache, progress=False)
-    assert len(out1) == 3 and all(isinstance(e, str) and e for e in out1)
+    assert len(out1) == 3 and all(isinstance(e, Explanation) and e.text for e in out1)
     assert (s1["generated"], s1["cached"]) == (3, 0)
-    assert s1["fallback"] == s1["empty"] + s1["unparsable"]
+    assert s1["ok"] + s1["no_fence"] + s1["truncated"] + s1["empty"] == 3 and s1["fallback"] == s1["empty"]
     assert len(cache.read_text().splitlines()) == 3
     assert tok.padding_side == side  # left padding only while generating
 
@@ -139,3 +172,12 @@ def test_bad_choice_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="out of range"):
         generate_explanations(None, SimpleNamespace(padding_side="right"), [(QS[0], 4)], ExplainConfig(),
                               tmp_path / "c.jsonl", progress=False)
+
+
+def test_cache_line_cut_inside_a_character_is_one_bad_line(tmp_path: Path) -> None:
+    good = json.dumps({"key": "k1", "completion": "Zürich"}, ensure_ascii=False).encode()
+    cut = json.dumps({"key": "k2", "completion": "Besançon"}, ensure_ascii=False).encode()
+    cache = tmp_path / "c.jsonl"
+    cache.write_bytes(good + b"\n" + cut[:cut.index("ç".encode()) + 1])  # ends inside the two-byte "ç"
+    records, bad = read_cache(cache)
+    assert list(records) == ["k1"] and bad == 1

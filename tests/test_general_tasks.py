@@ -147,3 +147,11 @@ def test_any_alpaca_file_is_counted_or_refused_by_name(tmp_path_factory, content
     assert report.read == len(json.loads(content)) == report.kept + report.n_rejected == len(kept) + report.n_rejected
     for t in kept:
         assert t["instruction"].strip() and t["output"].strip() and isinstance(t["input"], str)
+
+
+def test_longer_request_starts_with_the_same_tasks() -> None:
+    """general_only takes n + k tasks and the other cells the first k: a longer list must extend a shorter one."""
+    from ift_utils.general_tasks import generate_general_tasks
+
+    long = generate_general_tasks(57, seed=3)
+    assert all(generate_general_tasks(m, seed=3) == long[:m] for m in (0, 1, 9, 10, 11, 30))

@@ -4,6 +4,8 @@ around them (pools, explanations, chat examples, general-data mixing, the card).
 
 from __future__ import annotations
 
+import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -12,18 +14,28 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ift_utils import study
+from ift_utils.config import load_params
+from ift_utils.explanations import Explanation
 from ift_utils.interventions import (
+    answer_index,
     attach_explanations,
     build_groups,
     card,
+    check_cells,
     check_groups,
+    context_problem,
+    explanation_table,
+    leaked_answers,
     mix_general,
     needed_explanations,
     ratio_name,
+    replicate_seed,
     split_by_belief,
     to_chat_examples,
     write_groups,
 )
+from ift_utils.io import read_jsonl, write_jsonl
 from ift_utils.prompts import ift_response, vicuna
 from ift_utils.records import MCQ
 
@@ -46,7 +58,8 @@ def probed_data(draw, max_n: int = 40):
                          domain="test", context=context))
         rows.append({"id": qid, "pred": pred, "correct": pred == answer, "confidence": conf, "probs": probs})
     probe = pd.DataFrame(rows, columns=["id", "pred", "correct", "confidence", "probs"])
-    heldout = [20_000 + i for i in range(draw(st.integers(0, 5)))]
+    heldout = [MCQ(20_000 + i, f"Held-out question {i}?", ("w", "x", "y", "z"), 0, domain="test")
+               for i in range(draw(st.integers(0, 5)))]
     return train, probe, heldout
 
 
@@ -70,20 +83,21 @@ params = dict(threshold=st.sampled_from([0.3, 0.5, 0.7]), seed=st.integers(0, 10
 def test_invariants_hold(data, threshold, seed, max_per_group, ratios) -> None:
     train, probe, heldout = data
     groups = build_groups(train, probe, threshold=threshold, ratios=ratios, seed=seed, max_per_group=max_per_group)
-    train_ids = [q.id for q in train]
-    assert check_groups(groups, train_ids, heldout) == []
+    assert check_groups(groups, train, heldout) == []
     explained = _explain(groups)
-    assert check_groups(explained, train_ids, heldout) == []
+    assert check_groups(explained, train, heldout) == []
 
     n = len(groups.incompatible)
     pools = split_by_belief(train, probe, threshold)
-    assert n == (len(pools["incompatible_pool"]) if max_per_group is None
-                 else min(max_per_group, len(pools["incompatible_pool"])))
+    chosen = (len(pools["incompatible_pool"]) if max_per_group is None
+              else min(max_per_group, len(pools["incompatible_pool"])))
+    assert n == min(chosen, len(pools["harmonious_pool"]))  # compared groups cut to the smallest
+    assert groups.report["cut_to_harmonious"] == chosen - n
     for r, examples in groups.ratios.items():
         assert sum(ex["version"] == "self" for ex in examples) == round(r * n)
         assert len(examples) == n
-    if len(pools["harmonious_pool"]) >= n:
-        assert len(groups.harmonious) == n and groups.report["harmonious_short"] == 0
+    assert len(groups.harmonious) == n == len(groups.contextualized) == len(groups.self_aligning)
+    assert groups.report["harmonious_short"] == 0
     assert groups.ratios[0.0] == groups.incompatible and groups.ratios[1.0] == groups.self_aligning
     # nested ratio sets: the self questions of a smaller r are among those of a larger r
     selfs = [{ex["id"] for ex in groups.ratios[r] if ex["version"] == "self"} for r in sorted(groups.ratios)]
@@ -93,6 +107,8 @@ def test_invariants_hold(data, threshold, seed, max_per_group, ratios) -> None:
     for ex in explained.incompatible + explained.harmonious:
         assert ex["explanation"] == (own[ex["id"]] or f"gold {ex['id']}")
     assert all(ex["explanation"].startswith(f"self {ex['id']}") for ex in explained.self_aligning)
+    assert all(ex["explanation_source"] == ("data" if own[ex["id"]] else "template")
+               for ex in explained.incompatible + explained.harmonious)
     assert groups.report["contextualized_without_context"] == sum(not ex["with_context"]
                                                                   for ex in groups.contextualized)
 
@@ -151,18 +167,82 @@ def test_split_by_belief_and_errors() -> None:
 def test_check_groups_catches_problems() -> None:
     train, probe = _big(60)
     g = build_groups(train, probe, ratios=[0.5], seed=0)
-    ids = [q.id for q in train]
-    assert check_groups(g, ids, []) == []
-    leak = g.incompatible[0]["id"]
-    assert any("held-out" in p for p in check_groups(g, [i for i in ids if i != leak], [leak]))
+    assert check_groups(g, train, []) == []
+    leak = next(q for q in train if q.id == g.incompatible[0]["id"])
+    assert any("held-out" in p for p in check_groups(g, [q for q in train if q != leak], [leak]))
     g.ratios[0.5][0] = g.self_aligning[0] if g.ratios[0.5][0]["version"] == "gold" else g.incompatible[0]
-    assert any("ratio_0.5" in p for p in check_groups(g, ids, []))
+    assert any("ratio_0.5" in p for p in check_groups(g, train, []))
     g2 = build_groups(train, probe, ratios=[0.5], seed=0)
     g2.harmonious.append(g2.incompatible[0])
-    assert any("share" in p for p in check_groups(g2, ids, []))
+    assert any("share" in p for p in check_groups(g2, train, []))
     g3 = build_groups(train, probe, ratios=[0.5], seed=0)
     g3.self_aligning[0] = {**g3.self_aligning[0], "target": g3.self_aligning[0]["answer"]}
-    assert any("target == pred != answer" in p for p in check_groups(g3, ids, []))
+    assert any("target == pred != answer" in p for p in check_groups(g3, train, []))
+    g4 = build_groups(train, probe, ratios=[0.5], seed=0)
+    g4.harmonious.pop()
+    assert any("same size" in p for p in check_groups(g4, train, []))
+
+
+def _two_domains() -> tuple[list[MCQ], list[MCQ], pd.DataFrame]:
+    """Training questions of "medicine" and held-out ones of "history" whose ids overlap (as XieZhi's and
+    MedMCQA's do), plus a probe in which every training question is believed confidently wrong or right."""
+    train = [MCQ(640 + i, f"Medicine question {i}?", ("a", "b", "c", "d"), i % 4, domain="medicine",
+                 subject="medicine") for i in range(12)]
+    held = [MCQ(640 + i, f"History question {i}?", ("e", "f", "g", "h"), 0, domain="history", subject="history")
+            for i in range(12)]
+    preds = [q.answer if i % 2 else (q.answer + 1) % 4 for i, q in enumerate(train)]
+    probe = pd.DataFrame({"id": [q.id for q in train], "pred": preds,
+                          "correct": [p == q.answer for p, q in zip(preds, train, strict=True)], "confidence": 0.9})
+    return train, held, probe
+
+
+def test_leak_check_knows_questions_not_bare_ids() -> None:
+    train, held, probe = _two_domains()
+    g = build_groups(train, probe, ratios=[0, 1], seed=0)
+    assert {ex["id"] for ex in g.incompatible} & {q.id for q in held}  # equal ids of another source...
+    assert check_groups(g, train, held) == []                           # ...are not a leak
+    inc = g.incompatible[0]
+    same_source = [MCQ(inc["id"], "Another text?", ("p", "q", "r", "s"), 0, domain="medicine", subject="medicine")]
+    assert any("same source and id" in p for p in check_groups(g, train, same_source))
+    # the same question (options reordered, case and spacing changed) under another id of another domain
+    copy = MCQ(99_999, "  MEDICINE   question " + inc["question"].split()[-1], tuple(reversed(inc["choices"])), 0,
+               domain="history", subject="history")
+    problems = check_groups(g, train, held + [copy])
+    assert any("by text and options" in p and "history/99999" in p for p in problems)
+    # a training question not in the training split, identified by source: same id, other domain
+    other = [MCQ(q.id, q.question, q.choices, q.answer, domain="law", subject="law") for q in train]
+    assert any("not in the training split" in p for p in check_groups(g, other, []))
+
+
+def test_compared_groups_cut_to_the_smallest() -> None:
+    train, _, probe = _two_domains()
+    probe.loc[probe.index[1:6:2], "confidence"] = 0.3  # 3 of the 6 confidently right become unconfident
+    g = build_groups(train, probe, ratios=[0, 0.5, 1], seed=0)
+    assert len(g.harmonious) == 3 and g.report["incompatible_pool"] == 6
+    assert {len(e) for _, e in g.items()} == {3}
+    assert g.report["cut_to_harmonious"] == 3 and g.report["harmonious_short"] == 0
+    assert check_groups(g, train, []) == []
+    uncut = build_groups(train, probe, ratios=[0, 0.5, 1], seed=0, match_harmonious=False)
+    assert len(uncut.incompatible) == 6 and len(uncut.harmonious) == 3 and check_groups(uncut, train, []) == []
+
+
+def test_contextualized_without_contexts_is_refused() -> None:
+    train, _, probe = _two_domains()
+    g = build_groups(train, probe, ratios=[0], seed=0)
+    problem = context_problem(g)
+    assert problem is not None and "extra_groups" in problem and "context" in problem
+    with_ctx = [MCQ(q.id, q.question, q.choices, q.answer, domain=q.domain, subject=q.subject,
+                    context="A fact." if q.id % 3 else "") for q in train]
+    assert context_problem(build_groups(with_ctx, probe, ratios=[0], seed=0)) is None
+
+
+def test_replicate_seeds_differ_and_draw_other_facts() -> None:
+    seeds = {replicate_seed(d, s) for d in range(3) for s in range(50)}
+    assert len(seeds) == 150 and replicate_seed(0, 1) == replicate_seed(0, 1)
+    train, probe = _big(400)
+    a, b = (build_groups(train, probe, ratios=[0, 1], seed=replicate_seed(0, s), max_per_group=20) for s in (0, 1))
+    ids = [{ex["id"] for ex in g.incompatible} for g in (a, b)]
+    assert ids[0] != ids[1] and len(ids[0]) == len(ids[1]) == 20
 
 
 def test_contextualized_chat_examples_and_card() -> None:
@@ -177,7 +257,7 @@ def test_contextualized_chat_examples_and_card() -> None:
         assert c["response"] == p["response"] and p["response"].startswith(f"{'ABCD'[ex['answer']]}. ")
     selfs = to_chat_examples(g.self_aligning, mode="cloze", template="none")
     assert all(s["response"].startswith("Answer: " + ex["choices"][ex["pred"]] + "\n") for s, ex in zip(selfs, g.self_aligning, strict=True))
-    assert g.report["contextualized_without_context"] > 0
+    assert g.report["contextualized_without_context"] > 0 and context_problem(g) is None
     frame = card(g)
     assert list(frame["group"]) == ["incompatible", "self_aligning", "harmonious", "contextualized",
                                     "ratio_0", "ratio_0.5", "ratio_1"]
@@ -200,3 +280,148 @@ def test_mix_general() -> None:
     assert mix_general(domain, general, ratio=0) != [] and len(mix_general(domain, general, ratio=0)) == 10
     with pytest.raises(ValueError, match="general examples"):
         mix_general(domain, general[:5], ratio=1.0)
+
+
+def test_attach_keeps_data_explanations_and_records_sources() -> None:
+    train, probe = _big(60)
+    train = [MCQ(q.id, q.question, q.choices, q.answer, explanation="Own." if q.id % 2 else "", context=q.context)
+             for q in train]
+    g = build_groups(train, probe, ratios=[0, 1], seed=0)
+    need = needed_explanations(g)
+    assert all(not q.explanation for q, _ in need["gold"])  # the data's own explanations are not regenerated
+    done = attach_explanations(g, {q.id: Explanation(f"m{q.id}", "model", "truncated") for q, _ in need["gold"]},
+                               {q.id: Explanation(f"s{q.id}", "model", "ok") for q, _ in need["self"]})
+    for ex in done.incompatible + done.harmonious:
+        want = ("Own.", "data", "data") if ex["id"] % 2 else (f"m{ex['id']}", "model", "truncated")
+        assert (ex["explanation"], ex["explanation_source"], ex["explanation_status"]) == want
+    assert all(ex["explanation_source"] == "model" for ex in done.self_aligning)
+    table = explanation_table(done, []).set_index("group")
+    assert table.loc["incompatible", "truncated"] == sum(ex["id"] % 2 == 0 for ex in done.incompatible)
+    assert table.loc["self_aligning", "model"] == len(done.self_aligning) and table["leaking"].sum() == 0
+    with pytest.raises(ValueError, match="no explanation"):
+        attach_explanations(g, {}, {})
+
+
+def test_leaked_answers_whole_words_folded_and_not_own_options() -> None:
+    index = answer_index(["Kigali", "New Delhi", "US", "a", "Nairobi"])
+    ex = {"question": "In which country is the city of Musanze?", "choices": ["Rwanda", "Kenya", "Nairobi", "Uganda"]}
+    assert leaked_answers({**ex, "explanation": "Musanze is a city in Rwanda, whose capital is KIGALI."}, index) \
+        == ["Kigali"]
+    assert leaked_answers({**ex, "explanation": "Not Kigalian, not newdelhi; near new  delhi."}, index) == ["New Delhi"]
+    assert leaked_answers({**ex, "explanation": "Nairobi is close."}, index) == []  # its own option
+    assert leaked_answers({**ex, "explanation": "It is a city."}, index) == []      # one-letter answers ignored
+    us = {"question": "In which US state is the city of Kapolei?", "choices": ["Hawaii", "Oregon", "Utah", "Idaho"]}
+    assert leaked_answers({**us, "explanation": "Kapolei is a city in the US state of Hawaii."}, index) == []
+
+
+def test_check_cells_equal_sizes_and_general_data() -> None:
+    gen = [{"prompt": f"g{i}", "response": "y"} for i in range(6)]
+    dom = [{"prompt": f"d{i}", "response": "x"} for i in range(3)]
+    cells = {"ratio_0": dom + gen[:3], "harmonious": [{"prompt": "h", "response": "x"}] * 3 + gen[:3],
+             "general_only": gen}
+    assert check_cells(cells, gen[:3], 3) == []
+    assert any("differ in size" in p for p in check_cells({**cells, "ratio_0": dom[:2] + gen[:3]}, gen[:3], 3))
+    assert any("general data differ" in p for p in check_cells({**cells, "harmonious": dom + gen[3:]}, gen[:3], 3))
+    assert any("general_only" in p for p in check_cells({**cells, "general_only": dom + gen[1:]}, gen[:3], 3))
+
+
+# ---------------------------------------------------------------- stage 02 glue (study.py)
+
+def test_conditions_add_general_only_not_no_ift() -> None:
+    P = load_params(None, {"ratios": [0, 1], "extra_groups": ["harmonious"]})
+    assert [c[0] for c in study.conditions(P)] == ["ratio_0", "ratio_1", "harmonious", "general_only"]
+    assert math.isnan(study.conditions(P)[-1][2])
+    assert "general_only" not in [c[0] for c in study.conditions(load_params(None, {"controls": ["no_ift"]}))]
+    cell = study.Cell("city_country", "ratio_0", "incompatible", 0.0, 3)
+    assert study.cell_data(study.RunPaths(Path("/r")), cell) == Path("/r/groups/city_country/rep3/ratio_0.chat.jsonl")
+
+
+def test_general_pool_is_seeded_per_replicate_and_prefix_stable(tmp_path: Path) -> None:
+    P = load_params(None, {})
+    a, rep = study.general_pool(P, 12, seed=5)
+    assert rep["seed"] == 5 and len(a) == 12 and study.general_pool(P, 7, seed=5)[0] == a[:7]
+    assert study.general_pool(P, 12, seed=6)[0] != a
+    f = tmp_path / "alpaca.json"
+    f.write_text(json.dumps([{"instruction": f"Say {i}.", "input": "", "output": str(i)} for i in range(5)]))
+    Pa = load_params(None, {"general_data": str(f)})
+    x, _ = study.general_pool(Pa, 4, seed=1)
+    assert len(x) == 4 and x != study.general_pool(Pa, 4, seed=2)[0]
+    with pytest.raises(ValueError, match="general_data"):
+        study.general_pool(Pa, 6, seed=1)
+
+
+def _run_folder(tmp_path: Path, **over):
+    """A run folder with stage 01's outputs for two facts domains (a tiny suite, a made-up probe)."""
+    from ift_utils.data_facts import build_facts_suite
+    from ift_utils.io import write_jsonl
+
+    P = load_params(None, {"output_root": str(tmp_path), "run_name": "t", "seeds": [0, 1], "max_per_group": 6,
+                           "ratios": [0, 0.5, 1], "chat_template": "vicuna", "explanations": "template", **over})
+    paths = study.RunPaths(P.run_dir())
+    suite = build_facts_suite(seed=0, domains=P.domains, n_train=60, n_dev=2, n_test=10, n_id=10)
+    rows = []
+    for d in P.domains:
+        other = [q for o in P.domains if o != d for q in suite[o]["test"]]
+        for split, qs in {**suite[d], "ood_test": other}.items():
+            write_jsonl(paths.data / d / f"{split}.jsonl", [q.to_json() for q in qs])
+        for i, q in enumerate(suite[d]["train"]):
+            pred = q.answer if i % 2 else (q.answer + 1) % 4
+            rows.append({"probe_domain": d, "split": "train", "id": q.id, "pred": pred, "correct": pred == q.answer,
+                         "confidence": 0.9})
+    return P, paths, pd.DataFrame(rows)
+
+
+def test_build_domain_groups_replicates_with_matched_groups(tmp_path: Path) -> None:
+    P, paths, probe = _run_folder(tmp_path)
+    res = {d: study.build_domain_groups(P, paths, None, None, d, probe) for d in P.domains}
+    for d, r in res.items():
+        n = 6
+        reps = r["replicates"]
+        assert set(reps) == {0, 1} and reps[0]["data_seed"] != reps[1]["data_seed"]
+        ids = [[ex["id"] for ex in reps[s]["groups"].incompatible] for s in (0, 1)]
+        assert ids[0] != ids[1] and reps[1]["shared_with_first_rep"] < n  # other facts per replicate
+        for s in (0, 1):
+            assert set(reps[s]["train_sizes"].values()) == {2 * n}  # equal sizes, general_only included
+            chats = {c: read_jsonl(study.cell_data(paths, study.Cell(d, c, g, ratio, s)))
+                     for c, g, ratio in study.conditions(P)}
+            general = [{*map(tuple, (e.values() for e in v))} for v in chats.values()]
+            shared = set.intersection(*general)
+            assert len(shared) == n  # the same general data in every cell of the replicate
+            assert (paths.groups / d / f"rep{s}" / "ratio_0.5.jsonl").exists()
+        table = r["explanation_table"]
+        assert set(table["rep"]) == {0, 1} and (table["template"] == table["n"]).all()
+        assert table["leaking"].sum() == 0 and table["leaking_template"].sum() == 0
+        assert {"domain", "rep", "group", "n"} <= set(r["card"].columns)
+
+
+def test_stage_fails_when_a_template_states_a_test_answer(tmp_path: Path, monkeypatch) -> None:
+    from ift_utils import explanations
+
+    P, paths, probe = _run_folder(tmp_path, seeds=[0])
+    capitals = [q.choices[q.answer] for q in study.read_questions(paths, "city_country", "id_test")]
+    monkeypatch.setattr(explanations, "template_explanation", lambda q, c: f"Its capital is {capitals[0]}.")
+    with pytest.raises(AssertionError, match="template explanations state the gold answer"):
+        study.build_domain_groups(P, paths, None, None, "city_country", probe)
+
+
+def test_contextualized_refused_in_the_stage(tmp_path: Path) -> None:
+    P, paths, probe = _run_folder(tmp_path, seeds=[0])
+    train = read_jsonl(paths.data / "city_country" / "train.jsonl")
+    write_jsonl(paths.data / "city_country" / "train.jsonl", [{**r, "context": ""} for r in train])
+    with pytest.raises(ValueError, match="extra_groups"):
+        study.build_domain_groups(P, paths, None, None, "city_country", probe)
+    P2 = load_params(None, {**P.model_dump(), "extra_groups": ["harmonious"]})
+    assert study.build_domain_groups(P2, paths, None, None, "city_country", probe)["replicates"]
+
+
+def test_build_domain_groups_model_explanations(tmp_path: Path, tiny) -> None:
+    model, tok = tiny
+    P, paths, probe = _run_folder(tmp_path, seeds=[0], max_per_group=2, explanations="model",
+                                  explanation_max_new_tokens=4, domains=["city_country"])
+    r = study.build_domain_groups(P, paths, model, tok, "city_country", probe)
+    g = r["replicates"][0]["groups"]
+    sources = {ex["explanation_source"] for _, exs in g.items() for ex in exs}
+    assert sources <= {"model", "template"} and "model" in sources  # template only for an empty output
+    assert r["explanations"]["gold"]["items"] == 4 and r["explanations"]["self"]["items"] == 2
+    table = r["explanation_table"].set_index("group")
+    assert table.loc["incompatible", "model"] + table.loc["incompatible", "empty"] == 2

@@ -12,7 +12,9 @@ from ift_utils.config import load_params
 def test_grid_and_shards_cover_every_cell_once():
     P = load_params(None, {"ratios": [0, 0.5, 1], "seeds": [0, 1], "extra_groups": ["harmonious", "contextualized"]})
     cells = study.grid(P)
-    assert len(cells) == len(P.domains) * 5 * 2
+    assert len(cells) == len(P.domains) * 6 * 2  # 3 ratios, 2 extra groups, the general_only control
+    assert ("general_only", "general_only") in {(c.condition, c.group) for c in cells}
+    assert not any(c.group == "no_ift" for c in cells)  # nothing to train: scored in stage 04
     groups = {(c.condition, c.group) for c in cells}
     assert ("ratio_0", "incompatible") in groups and ("ratio_1", "self_aligning") in groups
     assert ("ratio_0.5", "mixture") in groups and ("harmonious", "harmonious") in groups
@@ -80,3 +82,27 @@ def test_final_only_keeps_final_models_and_the_no_ift_control():
     P = load_params(None, {"epochs": 3, "eval_epochs": [1]})
     t = pd.DataFrame({"group": ["incompatible", "incompatible", study.NO_IFT], "epoch": [1.0, 3.0, 0.0]})
     assert study.final_only(P, t)["epoch"].tolist() == [3.0, 0.0]
+
+
+def test_permuted_options_map_back_to_the_original_order():
+    from ift_utils.records import MCQ
+
+    q = MCQ(id=7, question="q?", choices=("a", "b", "c", "d"), answer=2)
+    p, order = study.permuted(q, "s")
+    assert [q.choices[i] for i in order] == list(p.choices) and p.choices[p.answer] == "c"
+    assert study.permuted(q, "s") == (p, order)  # seeded
+
+
+def test_robust_labels_need_the_same_answer_under_every_prompt():
+    train = pd.DataFrame({"id": [1, 2, 3, 4, 5], "answer": [0, 0, 0, 0, 0], "popularity": [5.0] * 5,
+                          "confidence": [.9, .9, .9, .3, .9], "correct": [True, False, False, False, True],
+                          "pred": [0, 1, 1, 2, 0],
+                          "variant_preds": [[0, 0, 0], [1, 1, 1], [1, 2, 1], [2, 2, 2], [0, 3, 0]]})
+    t = study.belief_labels(train, 0.5)
+    assert t["single"].tolist() == ["known", "wrong", "wrong", "unsure", "known"]
+    assert t["robust"].tolist() == ["known", "wrong", "unstable", "wrong", "unstable"]
+    assert t["belief"].tolist() == ["known", "wrong", "unstable", "unsure", "unstable"]
+    one = study.belief_labels(train.drop(columns="variant_preds"), 0.5)  # one prompt: the paper's rule
+    assert one["belief"].tolist() == one["single"].tolist()
+    agree = study.label_agreement(train.assign(split="train", probe_domain="d"), 0.5)
+    assert agree["n"].sum() == 5 and len(agree) == 5
