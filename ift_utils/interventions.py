@@ -87,13 +87,23 @@ def _probe_rows(probe: pd.DataFrame) -> dict[int, dict[str, Any]]:
     return {int(r["id"]): r for r in probe.to_dict("records")}
 
 
+def _flips(variant_preds: Any, pred: int) -> bool:
+    """True when a question probed under several prompts did not give `pred` under every one of them."""
+    if not isinstance(variant_preds, list | tuple):
+        return False  # one prompt (the paper's rule), or a probe from before belief_prompts
+    return any(int(p) != pred for p in variant_preds)
+
+
 def split_by_belief(train: list[MCQ], probe: pd.DataFrame, threshold: float = 0.5) -> dict[str, Any]:
     """Confident beliefs (confidence > threshold) split into correct ("harmonious_pool") and wrong
     ("incompatible_pool") lists of (MCQ, pred), in training order; also "unconfident" and "missing" ids.
+    When the probe holds `variant_preds` (the prediction under each of several prompts, stage 01's
+    `belief_prompts`), a confident belief also needs the same answer under every prompt, else it is "unstable".
 
     Raises when a probe row's `correct` disagrees with pred == answer (a probe of other data)."""
     rows = _probe_rows(probe)
-    pools: dict[str, Any] = {"harmonious_pool": [], "incompatible_pool": [], "unconfident": [], "missing": []}
+    pools: dict[str, Any] = {"harmonious_pool": [], "incompatible_pool": [], "unconfident": [], "unstable": [],
+                             "missing": []}
     mismatched = []
     for q in train:
         row = rows.get(q.id)
@@ -108,6 +118,8 @@ def split_by_belief(train: list[MCQ], probe: pd.DataFrame, threshold: float = 0.
             continue
         if not float(row["confidence"]) > threshold:
             pools["unconfident"].append(q.id)
+        elif _flips(row.get("variant_preds"), pred):
+            pools["unstable"].append(q.id)
         elif pred == q.answer:
             pools["harmonious_pool"].append((q, pred))
         else:
@@ -185,7 +197,7 @@ def build_groups(train: list[MCQ], probe: pd.DataFrame, *, threshold: float = 0.
     no_context = [q.id for q, _ in chosen if not q.context]
     report = {"threshold": threshold, "seed": seed, "max_per_group": max_per_group, "train": len(train),
               "probed": len(train) - len(pools["missing"]), "missing_from_probe": len(pools["missing"]),
-              "unconfident": len(pools["unconfident"]), "harmonious_pool": len(harmonious_pool),
+              "unconfident": len(pools["unconfident"]), "unstable": len(pools["unstable"]), "harmonious_pool": len(harmonious_pool),
               "incompatible_pool": len(incompatible_pool), "n": n, "harmonious": len(harmonious),
               "harmonious_short": max(0, n - len(harmonious)), "match_harmonious": match_harmonious,
               "cut_to_harmonious": n_before_cut - n, "contextualized_without_context": len(no_context),

@@ -324,11 +324,16 @@ def general_pool(P, n: int, seed: int) -> tuple[list[dict], dict]:
     in a seeded order when given, else `n` generated offline. A longer request starts with the same tasks."""
     from ift_utils.general_tasks import generate_general_tasks, load_alpaca
 
-    if not P.general_data:
+    if not P.general_data and not P.general_hub:
         return generate_general_tasks(n, seed=seed), {"source": "generated", "seed": seed, "n": n}
-    tasks, report = load_alpaca(P.general_data)
+    if P.general_hub:
+        from ift_utils.data_hub import load_hub_alpaca
+
+        tasks, report = load_hub_alpaca(P.general_hub, allow_network=P.allow_network)
+    else:
+        tasks, report = load_alpaca(P.general_data)
     if len(tasks) < n:
-        raise ValueError(f"general_data {P.general_data}: {len(tasks)} usable rows, the cells need {n} "
+        raise ValueError(f"general data {P.general_hub or P.general_data}: {len(tasks)} usable rows, the cells need {n} "
                          f"(general_ratio {P.general_ratio} × domain examples"
                          + (", plus the domain examples' count for the general_only control)" if GENERAL_ONLY
                             in P.controls else ")"))

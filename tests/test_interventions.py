@@ -425,3 +425,21 @@ def test_build_domain_groups_model_explanations(tmp_path: Path, tiny) -> None:
     assert r["explanations"]["gold"]["items"] == 4 and r["explanations"]["self"]["items"] == 2
     table = r["explanation_table"].set_index("group")
     assert table.loc["incompatible", "model"] + table.loc["incompatible", "empty"] == 2
+
+
+def test_beliefs_that_flip_with_the_prompt_enter_no_pool():
+    import pandas as pd
+
+    from ift_utils.interventions import split_by_belief
+    from ift_utils.records import MCQ
+
+    qs = [MCQ(id=i, question=f"q{i}?", choices=("a", "b", "c", "d"), answer=0) for i in range(4)]
+    probe = pd.DataFrame({"id": [0, 1, 2, 3], "pred": [0, 1, 0, 1], "correct": [True, False, True, False],
+                          "confidence": [.9, .9, .9, .9],
+                          "variant_preds": [[0, 0, 0], [1, 1, 1], [0, 2, 0], [1, 1, 3]]})
+    pools = split_by_belief(qs, probe, 0.5)
+    assert [q.id for q, _ in pools["harmonious_pool"]] == [0]
+    assert [q.id for q, _ in pools["incompatible_pool"]] == [1]
+    assert pools["unstable"] == [2, 3]
+    one = split_by_belief(qs, probe.drop(columns="variant_preds"), 0.5)  # the paper's single-prompt rule
+    assert len(one["harmonious_pool"]) == 2 and len(one["incompatible_pool"]) == 2 and one["unstable"] == []
