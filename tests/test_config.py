@@ -62,9 +62,40 @@ def test_missing_and_malformed_files(tmp_path):
     latin.write_bytes("run_name: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ParamError):
         load_params(latin)
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# only a comment\n", "{}\n"])
+def test_an_empty_params_file_is_refused_by_name(tmp_path, text):
     empty = tmp_path / "empty.yaml"
-    empty.write_text("")
-    assert load_params(empty) == StudyParams()
+    empty.write_text(text)
+    with pytest.raises(ParamError, match=r"empty\.yaml.* is empty; set at least run_name"):
+        load_params(empty)
+
+
+def test_schema_defaults_are_the_default_study():
+    """params/default.yaml and StudyParams' defaults are one study: every key the file sets equals the default."""
+    from_file = yaml.safe_load((PROJECT_ROOT / "params" / "default.yaml").read_text())
+    schema = StudyParams().model_dump()
+    assert {k: v for k, v in from_file.items() if schema[k] != v} == {}
+    assert load_params(PROJECT_ROOT / "params" / "default.yaml") == StudyParams()
+
+
+def test_a_file_with_only_run_name_runs_the_default_study(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("run_name: mine\n")
+    default = load_params(PROJECT_ROOT / "params" / "default.yaml").model_dump()
+    assert load_params(f).model_dump() == {**default, "run_name": "mine"}
+
+
+def test_smoke_and_paper_keep_their_own_sizes(tmp_path):
+    """Where the schema's defaults became the default study's, smoke and paper set their own values."""
+    became = ("n_train", "max_per_group", "explanation_max_new_tokens", "learning_rate", "max_length")
+    for name in ("smoke", "paper"):
+        assert set(became) <= set(yaml.safe_load((PROJECT_ROOT / "params" / f"{name}.yaml").read_text())), name
+    smoke = load_params(PROJECT_ROOT / "params" / "smoke.yaml")
+    assert (smoke.n_train, smoke.max_per_group, smoke.max_length) == (60, 6, 128)
+    paper = load_params(PROJECT_ROOT / "params" / "paper.yaml", {"data_path": str(tmp_path)})
+    assert (paper.n_train, paper.max_per_group) == (None, None)  # every training question, groups uncapped
 
 
 def test_overrides_are_coerced_like_yaml():

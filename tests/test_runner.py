@@ -50,6 +50,17 @@ def test_tables_figures_and_report(smoke):
     assert "Verdict" in html and "figures/accuracy_vs_ratio.png" in html
 
 
+def test_terminal_shows_stages_report_and_verdict_and_nothing_of_the_kernel(smoke):
+    run_dir, r, _ = smoke
+    assert r.stderr.count(" running (first run) ...") == 5 and r.stderr.count(" done in ") == 5
+    assert f"report: {run_dir / 'report.html'}" in r.stderr
+    verdict = r.stderr.split("verdict (", 1)[1]
+    assert "claim" in verdict and "harmonious > incompatible" in verdict
+    for noise in ("Kernel is running over TCP", "papermill", "Executing Cell"):
+        assert noise not in r.stderr, noise
+    assert "Kernel is running over TCP" in (run_dir / "run.log").read_text()
+
+
 def test_second_run_skips_everything(smoke):
     run_dir, *_ = smoke
     r = run_study("params/smoke.yaml", "-p", f"output_root={run_dir.parent}", "--quiet")
