@@ -73,7 +73,7 @@ class StudyParams(BaseModel):
     batch_size_eval: int = Field(16, ge=1, le=1024)
     # intervention
     confidence_threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    belief_prompts: int = Field(1, ge=1, le=8, description="prompts each training question is probed under "
+    belief_prompts: int = Field(3, ge=1, le=8, description="prompts each training question is probed under "
                                 "(other demos, shuffled options); >1: a fact counts as known (confidently wrong) "
                                 "only when right (the same wrong answer) under all; 1 = the paper's single prompt")
     ratios: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0], min_length=1)
@@ -83,7 +83,7 @@ class StudyParams(BaseModel):
     general_ratio: float = Field(1.0, ge=0.0, le=10.0, description="general instruction examples per domain example")
     general_data: str | None = Field(None, description="alpaca-format JSON file; None = generated offline tasks")
     explanations: Literal["model", "template"] = Field(
-        "model", description="how every group's explanations are made, the same way for all groups: 'model' = the "
+        "template", description="how every group's explanations are made, the same way for all groups: 'model' = the "
                              "base model explains the response's answer (gold for gold groups, its own for "
                              "self-aligning); 'template' = a sentence stating only the answer's own relation. "
                              "Explanations the data bring (MedMCQA's exp) are kept for gold answers in both")
