@@ -13,16 +13,22 @@ Sections (each a function below; all use the default model in fp32 on the CPU un
    new tokens/s with batches of 8 against one item at a time, on the same items.
 4. training — LoRA-fp32 and QLoRA-NF4, each with response-only and full logits, one epoch on short chat
    examples, each configuration in a fresh process (`benchmarks.train_worker`): tokens/s and peak RSS.
-5. flops    — fp32 matmul FLOP/s of torch on this machine (1024³ and the model's MLP shapes), and the
+5. eval     — 0-shot evaluation of fine-tuned cells as stage 04 runs it (chat template "model", cloze and letter,
+   facts-suite test questions, LoRA r=16 adapters on all linear layers swapped on one base model): ours
+   (`score_mcqs`, two levels: each question's context once, then only the options' later tokens on its cache)
+   against the previous method (`two_level=False`: one row per option on the shared-prefix cache), interleaved
+   cell by cell on the same cells and questions. Scored options/s, speed-up, max |Δp|. The adapters are random
+   (lora_B ~ N(0, 0.02)): trained weights cost the same.
+6. flops    — fp32 matmul FLOP/s of torch on this machine (1024³ and the model's MLP shapes), and the
    achieved FLOP/s of probing (2 × non-embedding parameters × tokens processed / s) and of a training
    step (6 × non-embedding parameters × tokens / s) as a fraction of the best matmul rate.
-6. e2e      — seconds per stage of outputs/smoke and outputs/default, read from their manifest.json.
+7. e2e      — seconds per stage of outputs/smoke and outputs/default, read from their manifest.json.
 
 Timing: `time.perf_counter`, one untimed warm-up before each timed measurement, `torch.inference_mode`
 for everything that does not train. Writes bench.csv and bench.md (date, CPU, threads, versions) under
 --out and prints the markdown table. Exit status 1 when ours and the original loop disagree by more than
 1e-4 in any option probability. `--quick` shrinks every size to check that the code runs: its figures say
-nothing about speed.
+nothing about speed. Exit status 1 also when the evaluation methods disagree by more than 1e-5.
 """
 
 from __future__ import annotations
@@ -51,13 +57,15 @@ import torch  # noqa: E402
 from ift_utils.config import PROJECT_ROOT, load_params  # noqa: E402
 from ift_utils.records import MCQ  # noqa: E402
 
-SECTIONS = ("probing", "cloze", "explain", "training", "flops", "e2e")
+SECTIONS = ("probing", "cloze", "explain", "training", "eval", "flops", "e2e")
 # One MMLU subject per domain of the original study (medicine, history, engineering, jurisprudence) and one
 # STEM subject; their 5-shot letter prompts are ~450-680 tokens.
 SUBJECTS = ("college medicine", "prehistory", "electrical engineering", "international law",
             "high school mathematics")
 MAX_DELTA_P = 1e-4
 TARGET_SPEEDUP = 5.0
+MAX_EVAL_DELTA_P = 1e-5  # evaluation, ours vs the previous method (issue 15)
+TARGET_EVAL_SPEEDUP = 2.0
 
 
 @dataclass
@@ -90,12 +98,14 @@ class Sizes:
     explain_new_tokens: int | None = None  # None: params/default.yaml's explanation_max_new_tokens
     train_examples: int = 16
     train_batch: int = 4
+    eval_questions: int = 100
+    eval_cells: int = 2
     matmul_seconds: float = 1.0
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(per_subject=2, explain_items=4, explain_batch=2, explain_new_tokens=8, train_examples=4,
-                   train_batch=2, matmul_seconds=0.1)
+                   train_batch=2, eval_questions=4, eval_cells=1, matmul_seconds=0.1)
 
 
 @dataclass
@@ -146,28 +156,31 @@ def paper_spec(ps: ProbeSet, mode: str = "letter"):
     return PromptSpec(mode=mode, demos=ps.demos, subject=ps.subject, template="none", mmlu_quirk=True)
 
 
-def token_counts(tok, ps: ProbeSet, mode: str) -> tuple[int, int, int]:
-    """(full prompt tokens, tokens ours processes, scored rows) for one subject, mirroring `score_mcqs`:
-    the shared prefix once, then every row's own suffix (padding not counted)."""
-    from ift_utils.probing import build_prompt, continuations
+def token_counts(tok, questions: Sequence[MCQ], spec, two_level: bool = True) -> tuple[int, int, int]:
+    """(full prompt tokens, tokens `score_mcqs` processes, scored options) for one prompt set, mirroring it: the
+    shared prefix once, then each context's own tokens and (cloze) each option's later tokens (two levels), or
+    every option row's own tokens (`two_level=False`; letter mode: one row per question). Padding not counted."""
+    from ift_utils.probing import encode_question
 
-    spec = paper_spec(ps, mode)
-    rows: list[tuple[list[int], int]] = []
-    full = 0
-    for q in ps.questions:
-        ctx = tok(build_prompt(q, spec), add_special_tokens=False).input_ids
-        if mode == "letter":
-            rows.append((ctx, 0))
-            full += len(ctx)
-            continue
-        for cont in continuations(q, spec):
-            cids = tok(cont, add_special_tokens=False).input_ids
-            rows.append((ctx + cids, len(cids)))
-            full += len(ctx) + len(cids)
+    encoded = [encode_question(tok, q, spec) for q in questions]
+    n_options = sum(len(rows) for rows in encoded)
+    if spec.mode == "letter":
+        seqs = [rows[0][0] for rows in encoded]
+        full = sum(len(s) for s in seqs)
+        shared = max(0, min(len(os.path.commonprefix(seqs)), min(len(s) for s in seqs) - 1))
+        return full, shared + sum(len(s) - shared for s in seqs), n_options
+    full = sum(len(ctx) + len(scored) for rows in encoded for ctx, scored in rows)
+    if two_level:
+        contexts = {tuple(ctx): None for rows in encoded for ctx, _ in rows}
+        seqs = [list(c) for c in contexts]
+        shared = max(0, min(len(os.path.commonprefix(seqs)), min(len(s) for s in seqs) - 1))
+        later = sum(len(scored) - 1 for rows in encoded for _, scored in rows)
+        return full, shared + sum(len(s) - shared for s in seqs) + later, n_options
+    rows = [(ctx + scored, len(scored)) for r in encoded for ctx, scored in r]
     seqs = [r[0] for r in rows]
     shared = len(os.path.commonprefix(seqs))
     shared = max(0, min(shared, min(len(s) for s in seqs) - 1 - max(r[1] for r in rows)))
-    return full, shared + sum(len(s) - shared for s in seqs), len(rows)
+    return full, shared + sum(len(s) - shared for s in seqs), n_options
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -228,7 +241,7 @@ def bench_probing(model, tok, sets: list[ProbeSet], max_batch: int) -> tuple[lis
         raise RuntimeError("the two methods returned questions in different orders")
     delta = float(np.abs(p_ref - p_ours).max())
     n = len(ids_ref)
-    counts = [token_counts(tok, ps, "letter") for ps in sets]
+    counts = [token_counts(tok, ps.questions, paper_spec(ps)) for ps in sets]
     full_tokens = sum(c[0] for c in counts)
     our_tokens = sum(c[1] for c in counts)
     acc_ref = float(np.mean([c for f in ref for c in f.correct]))
@@ -263,13 +276,13 @@ def bench_cloze(model, tok, sets: list[ProbeSet], max_batch: int, letter_seconds
     frames, t = timed(lambda: [score_mcqs(model, tok, ps.questions, paper_spec(ps, "cloze"), max_batch=max_batch,
                                           show_progress=False) for ps in sets])
     n = sum(len(ps.questions) for ps in sets)
-    counts = [token_counts(tok, ps, "cloze") for ps in sets]
+    counts = [token_counts(tok, ps.questions, paper_spec(ps, "cloze")) for ps in sets]
     acc = float(np.mean([c for f in frames for c in f.correct]))
     return [
         Row("probing (cloze)", "seconds per question: cloze vs letter (both ours)", t / n, letter_seconds_per_q, "s",
             "ratio = cloze cost in letter-mode units; one row per option"),
         Row("probing (cloze)", "tokens processed per question: cloze (ours)", sum(c[1] for c in counts) / n, None,
-            "tokens", f"{sum(c[2] for c in counts) / n:.1f} scored rows per question"),
+            "tokens", f"{sum(c[2] for c in counts) / n:.1f} options per question; contexts once (two levels)"),
         Row("probing (cloze)", "accuracy (cloze)", acc, None, ""),
     ]
 
@@ -355,6 +368,84 @@ def bench_training(model_name: str, tok, questions: list[MCQ], sizes: Sizes, thr
             "LoRA r=16 all linear layers, 1 epoch, first step untimed")
     rows[0].note = f"{note}; {rows[0].note}"
     return rows, {"lora_tokens_per_s": base["tokens_per_s"]}
+
+
+def eval_questions(n: int) -> list[MCQ]:
+    """Held-out questions of the default study's facts suite (city → country), as stage 04 scores them."""
+    from ift_utils.data_facts import build_facts_suite
+
+    suite = build_facts_suite(seed=0, domains=["city_country"], n_train=1, n_dev=1, n_test=n, n_id=1)
+    return suite["city_country"]["test"][:n]
+
+
+def random_adapters(model_name: str, n: int, folder: Path, r: int = 16, alpha: int = 32) -> list[Path]:
+    """`n` LoRA adapters (all linear layers, as the default study trains) with random non-zero B matrices."""
+    from peft import LoraConfig, get_peft_model
+
+    from ift_utils.models import load_model
+
+    base, _ = load_model(model_name, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=r, lora_alpha=alpha, target_modules="all-linear"))
+    dirs = []
+    for i in range(n):
+        torch.manual_seed(i)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)
+        dirs.append(folder / f"cell{i}")
+        model.save_pretrained(dirs[-1])
+    return dirs
+
+
+def bench_eval(model_name: str, questions: list[MCQ], sizes: Sizes, max_batch: int) -> tuple[list[Row], dict]:
+    """Stage 04's scoring of fine-tuned cells, ours (two levels) against the previous method, cell by cell."""
+    from ift_utils.models import load_model
+    from ift_utils.probing import PromptSpec, score_mcqs
+    from ift_utils.study import AdapterSwapper
+
+    base, tok = load_model(model_name, dtype=torch.float32)  # its own copy: peft injects layers into it
+    rows: list[Row] = []
+    info: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = random_adapters(model_name, sizes.eval_cells, Path(tmp))
+        swapper = AdapterSwapper(base)
+        specs = {mode: PromptSpec(mode=mode, template="model") for mode in ("cloze", "letter")}
+        seconds = {(mode, tl): 0.0 for mode in specs for tl in (False, True)}
+        probs: dict[tuple[str, bool], list[float]] = {key: [] for key in seconds}
+        for i, d in enumerate(dirs):
+            model = swapper.activate(d)  # each cell once: the swapper cannot re-activate the current adapter
+            for mode, spec in specs.items():
+                for two_level in (False, True):
+                    if i == 0:  # warm-up
+                        score_mcqs(model, tok, questions[:2], spec, max_batch=max_batch, show_progress=False,
+                                   two_level=two_level)
+                    t0 = time.perf_counter()
+                    f = score_mcqs(model, tok, questions, spec, max_batch=max_batch, show_progress=False,
+                                   two_level=two_level)
+                    seconds[mode, two_level] += time.perf_counter() - t0
+                    probs[mode, two_level] += [p for ps in f.probs for p in ps]
+        n_opt = sum(len(q.choices) for q in questions) * len(dirs)
+        for mode, spec in specs.items():
+            new, old = seconds[mode, True], seconds[mode, False]
+            delta = float(np.abs(np.array(probs[mode, True]) - np.array(probs[mode, False])).max())
+            full, ours, _ = token_counts(tok, questions, spec, two_level=True)
+            _, before, _ = token_counts(tok, questions, spec, two_level=False)
+            label = f"evaluation ({mode}, fine-tuned 0-shot)"
+            rows += [
+                Row(label, "scored options/s: ours vs previous method", n_opt / new, n_opt / old, "options/s",
+                    f"ratio = speed-up (target ≥ {TARGET_EVAL_SPEEDUP:g}× in cloze mode); {len(questions)} "
+                    f"questions × {len(dirs)} cells, chat template 'model', max_batch {max_batch}"),
+                Row(label, "seconds per cell: ours vs previous method", new / len(dirs), old / len(dirs), "s"),
+                Row(label, "max |Δp| ours vs previous method", delta, MAX_EVAL_DELTA_P, "",
+                    "ratio ≤ 1 required (limit 1e-5, fp32)"),
+                Row(label, "tokens processed per question: ours vs previous method", ours / len(questions),
+                    before / len(questions), "tokens",
+                    f"full prompts: {full / len(questions):.0f} tokens per question "
+                    f"({'one row per question' if mode == 'letter' else 'one row per option'})"),
+            ]
+            info[f"{mode}_speedup"] = old / new
+            info[f"{mode}_delta"] = delta
+    return rows, info
 
 
 def matmul_flops(m: int, k: int, n: int, min_seconds: float) -> float:
@@ -483,7 +574,8 @@ def machine_meta(args, sizes: Sizes) -> dict:
             "model": f"{args.model} (fp32)",
             "our scorer": f"score_mcqs max_batch {args.max_batch}, max_tokens 4096",
             "sizes": f"{sizes.per_subject} questions × {len(args.subjects)} subjects, {sizes.k_shot}-shot; "
-                     f"{sizes.explain_items} explanation items; {sizes.train_examples} training examples"}
+                     f"{sizes.explain_items} explanation items; {sizes.train_examples} training examples; "
+                     f"evaluation {sizes.eval_questions} questions × {sizes.eval_cells} cells"}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -565,6 +657,17 @@ def main(argv: list[str] | None = None) -> int:
         r, training = section("training", lambda: bench_training(args.model, tok, fact_questions(sizes.train_examples),
                                                                   sizes, args.threads))
         rows += r
+    if "eval" in args.only:
+        r, ev = section("eval", lambda: bench_eval(args.model, eval_questions(sizes.eval_questions), sizes,
+                                                   args.max_batch))
+        rows += r
+        delta = max(ev["cloze_delta"], ev["letter_delta"])
+        ok = delta <= MAX_EVAL_DELTA_P
+        failed |= not ok
+        checks.append(f"{'PASS' if ok else 'FAIL'}: evaluation max |Δp| = {delta:.1e} (limit {MAX_EVAL_DELTA_P:g})")
+        fast = ev["cloze_speedup"] >= TARGET_EVAL_SPEEDUP
+        checks.append(f"{'PASS' if fast else 'BELOW TARGET'}: evaluation (cloze) speed-up {ev['cloze_speedup']:.2f}× "
+                      f"(target ≥ {TARGET_EVAL_SPEEDUP:g}×){' — quick run, not meaningful' if args.quick else ''}")
     if "flops" in args.only:
         rows += flops_rows(non_embedding_params(model), peak, probing, training)
     if "e2e" in args.only:

@@ -2,43 +2,54 @@
 
 Two modes (every result records which):
 - ``letter``: the original study's method — softmax over the next-token logits of the letter tokens
-  after ``Answer:`` (token id = last id of tokenizing the bare letter).
+  after ``Answer:`` (k-shot: token id = last id of tokenizing the bare letter; fine-tuned 0-shot: the first token
+  of the response `L. text` as training encoded it).
 - ``cloze``: each option's text scored by its log-likelihood after the prompt, summed over its tokens and
   divided by their count (length-normalized), then softmax over options. Small models do much better here.
 
-Speed: prompts of one domain share a long k-shot prefix. We find the longest common token prefix,
-encode it once, and reuse its key/value cache for every batch of question suffixes (left-padded, with
-explicit position ids), computing logits only where they are used. `score_reference` is the original
-one-question-per-forward-pass loop, kept for tests and benchmarks; both give the same probabilities.
+Token ids come from `ift_utils.encoding`, the encoder training uses: a fine-tuned model is scored on exactly the
+ids of the response it was trained to write (`encode_question`).
+
+Speed: prompts of one domain share a prefix (the k-shot demos, or the chat template's system turn). We find the
+longest common token prefix, encode it once, and reuse its key/value cache for every batch. Below that prefix,
+cloze scoring works on two levels (`two_level=True`): each question's context is encoded once (level 1, whose
+last logits score every option's first token) and only the options' remaining tokens run as short suffixes on
+that context's cache (level 2; nothing at all when every option is one token). `two_level=False` is the previous
+method (one row per option: context + option, on the shared-prefix cache), kept for the benchmark.
+`score_reference` is the original one-question-per-forward-pass loop, kept for tests and benchmarks; all give the
+same probabilities.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ift_utils import prompts
+from ift_utils import encoding, prompts
 from ift_utils.progress import progress
 from ift_utils.records import LETTERS, MCQ
 
 MODES = ("letter", "cloze")
 
+Rows = list[tuple[list[int], list[int]]]  # per option: (context ids, scored ids)
+
 
 @dataclass(frozen=True)
 class PromptSpec:
-    """How to build each question's prompt: scoring mode, k-shot demos, chat template, header quirk."""
+    """How to build each question's prompt: scoring mode, k-shot demos, chat template, header quirk, BOS policy."""
 
     mode: str = "cloze"
     demos: tuple[MCQ, ...] = ()
     subject: str = ""
     template: str = "none"  # "none" for the base model's k-shot prompt; "vicuna"/"model" for fine-tuned 0-shot
     mmlu_quirk: bool = False
+    bos: bool = True  # the tokenizer's own leading special tokens (BOS) before the prompt; paper: False for MMLU
 
 
 def build_prompt(q: MCQ, spec: PromptSpec, tokenizer=None) -> str:
@@ -47,12 +58,16 @@ def build_prompt(q: MCQ, spec: PromptSpec, tokenizer=None) -> str:
         if spec.mode == "letter":
             return prompts.letter_prompt(q, spec.demos, spec.subject or q.subject, mmlu_quirk=spec.mmlu_quirk)
         return prompts.cloze_prompt(q, spec.demos, spec.subject or q.subject)
-    return prompts.chat(prompts.ift_query(q, mode=spec.mode), spec.template, tokenizer) + \
-        prompts.response_prefix(spec.mode)
+    return chat_prompt(q, spec, tokenizer) + prompts.response_prefix(spec.mode)
+
+
+def chat_prompt(q: MCQ, spec: PromptSpec, tokenizer=None) -> str:
+    """The prompt of a fine-tuned model's 0-shot question: the user turn in the chat template, as in training."""
+    return prompts.chat(prompts.ift_query(q, mode=spec.mode), spec.template, tokenizer)
 
 
 def continuations(q: MCQ, spec: PromptSpec) -> list[str]:
-    """Cloze continuations: ` text` after `Answer:` (in the k-shot prompt and at the start of a chat answer)."""
+    """Cloze continuations of the k-shot prompt: ` text` after `Answer:`."""
     return [" " + prompts.answer_text(q, i, "cloze") for i in range(len(q.choices))]
 
 
@@ -61,8 +76,26 @@ def letter_token_ids(tokenizer, n: int) -> list[int]:
     return [tokenizer(LETTERS[i], add_special_tokens=False).input_ids[-1] for i in range(n)]
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False).input_ids
+def encode_question(tokenizer, q: MCQ, spec: PromptSpec) -> Rows:
+    """Per option: (context ids, scored ids). Fine-tuned (chat) prompts use the training encoder: context + scored
+    ids are the training sequence's prompt ids + the first ids of the response `Answer: text` (cloze: scored = the
+    ids after those of `Answer:`) or `L. text` (letter: scored = its first id)."""
+    n = len(q.choices)
+    if spec.template == "none":
+        text = build_prompt(q, spec)
+        if spec.mode == "letter":
+            ctx = encoding.encode_prompt(tokenizer, text, bos=spec.bos)
+            return [(ctx, [t]) for t in letter_token_ids(tokenizer, n)]
+        return encoding.continuation_rows(tokenizer, text, continuations(q, spec), bos=spec.bos)
+    responses = [prompts.ift_response(q, i, "", spec.mode) for i in range(n)]
+    rows = encoding.answer_rows(tokenizer, chat_prompt(q, spec, tokenizer), responses,
+                                prompts.response_prefix(spec.mode), bos=spec.bos)
+    if spec.mode == "letter":
+        rows = [(ctx, scored[:1]) for ctx, scored in rows]
+        if len({r[1][0] for r in rows}) < n:
+            raise ValueError(f"question {q.id}: the responses {responses} do not start with distinct tokens, so "
+                             "letter mode cannot tell the options apart; use scoring: cloze")
+    return rows
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -79,6 +112,18 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
             i += 1
         n = i
     return n
+
+
+def _select_rows(cache, index: torch.Tensor):
+    """A new cache holding rows `index` of `cache` (which is left as it is)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        sub = copy.deepcopy(cache)
+    else:
+        sub = copy.copy(cache)
+        sub.layers = [copy.copy(layer) for layer in layers]
+    sub.batch_select_indices(index)
+    return sub
 
 
 class _PrefixScorer:
@@ -110,8 +155,8 @@ class _PrefixScorer:
                 cache.crop(-extra)
         return cache
 
-    def last_logits(self, suffixes: list[list[int]], keep: int) -> torch.Tensor:
-        """Logits (B, keep, V) at the last `keep` positions of each prefix+suffix (left-padded suffixes)."""
+    def _run(self, suffixes: list[list[int]], keep: int, use_cache: bool):
+        """Forward prefix + left-padded suffixes; return (model output, attention mask over prefix + suffixes)."""
         B, S = len(suffixes), max(len(s) for s in suffixes)
         ids = torch.full((B, S), self.pad_id, dtype=torch.long)
         mask = torch.zeros((B, self.L + S), dtype=torch.long)
@@ -120,10 +165,36 @@ class _PrefixScorer:
             ids[b, S - len(s):] = torch.tensor(s)
             mask[b, self.L + S - len(s):] = 1
         pos = (self.L + torch.cumsum(mask[:, self.L:], dim=1) - 1).clamp(min=self.L)
-        cache = self._cache_for(B)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
-                         use_cache=self.cache is not None, logits_to_keep=keep)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=self._cache_for(B),
+                         use_cache=use_cache, logits_to_keep=keep)
+        return out, mask
+
+    def last_logits(self, suffixes: list[list[int]], keep: int) -> torch.Tensor:
+        """Logits (B, keep, V) at the last `keep` positions of each prefix+suffix (left-padded suffixes)."""
+        out, _ = self._run(suffixes, keep, use_cache=self.cache is not None)
         return out.logits.float()
+
+    def contexts(self, suffixes: list[list[int]]) -> tuple[torch.Tensor, object, torch.Tensor]:
+        """Level 1: log-probs (B, V) after each prefix+suffix, the cache holding them all, and its mask."""
+        out, mask = self._run(suffixes, 1, use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        return torch.log_softmax(out.logits[:, -1].float(), dim=-1), cache, mask
+
+    def options(self, cache, mask: torch.Tensor, rows: list[tuple[int, list[int]]]) -> torch.Tensor:
+        """Level 2: log-probs (R, S, V) after each token of `rows` = (context row, ids), each continuing its
+        context row of a `contexts` cache (right-padded: padding after the ids attends to nothing used)."""
+        index = torch.tensor([b for b, _ in rows])
+        R, S = len(rows), max(len(s) for _, s in rows)
+        ids = torch.full((R, S), self.pad_id, dtype=torch.long)
+        own = torch.zeros((R, S), dtype=torch.long)
+        for r, (_, s) in enumerate(rows):
+            ids[r, : len(s)] = torch.tensor(s)
+            own[r, : len(s)] = 1
+        ctx_mask = mask[index]
+        pos = ctx_mask.sum(dim=1, keepdim=True) + torch.arange(S)[None, :]
+        out = self.model(input_ids=ids, attention_mask=torch.cat([ctx_mask, own], dim=1), position_ids=pos,
+                         cache=_select_rows(cache, index), use_cache=True, logits_to_keep=S)
+        return torch.log_softmax(out.logits.float(), dim=-1)
 
 
 def _batches(order: list[int], lengths: list[int], max_tokens: int, max_batch: int, max_pad: float = 0.1):
@@ -143,61 +214,105 @@ def _batches(order: list[int], lengths: list[int], max_tokens: int, max_batch: i
         yield batch
 
 
+def _chunks(items: list, per_chunk: int) -> Iterator[list]:
+    for i in range(0, len(items), per_chunk):
+        yield items[i: i + per_chunk]
+
+
+def _score_two_level(model, encoded: list[Rows], pad: int, max_batch: int, max_tokens: int, bar) -> list[list[float]]:
+    """Mean log-prob of each option's scored ids: contexts once (level 1), options' later ids on their cache."""
+    # a context: (question, its ids, [(option, scored ids)]); options of a question usually share one context
+    contexts: list[tuple[int, list[int], list[tuple[int, list[int]]]]] = []
+    for qi, rows in enumerate(encoded):
+        by_ctx: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+        for oi, (ctx, scored) in enumerate(rows):
+            by_ctx.setdefault(tuple(ctx), []).append((oi, scored))
+        contexts += [(qi, list(ctx), opts) for ctx, opts in by_ctx.items()]
+    L = min(_common_prefix([c[1] for c in contexts]), min(len(c[1]) for c in contexts) - 1)
+    scorer = _PrefixScorer(model, contexts[0][1][:L], pad)
+    lengths = [len(c[1]) - L for c in contexts]
+    order = sorted(range(len(contexts)), key=lambda i: (lengths[i], i))
+    scores = [[0.0] * len(rows) for rows in encoded]
+    for batch in _batches(order, lengths, max_tokens, max_batch):
+        first, cache, mask = scorer.contexts([contexts[i][1][L:] for i in batch])
+        later: list[tuple[int, int, int, list[int]]] = []  # (context row, question, option, scored ids)
+        for b, i in enumerate(batch):
+            qi, _, opts = contexts[i]
+            for oi, scored in opts:
+                scores[qi][oi] = first[b, scored[0]].item()
+                if len(scored) > 1:
+                    later.append((b, qi, oi, scored))
+        if later:
+            longest = mask.shape[1] + max(len(s) - 1 for *_, s in later)
+            per_chunk = max(len(batch), 4 * max_tokens // longest)  # level-2 cache <= max(level 1's, 4 x max_tokens)
+            for chunk in _chunks(later, per_chunk):
+                logp = scorer.options(cache, mask, [(b, s[:-1]) for b, _, _, s in chunk])
+                for r, (_, qi, oi, s) in enumerate(chunk):
+                    targets = torch.tensor(s[1:])
+                    scores[qi][oi] += logp[r, : len(s) - 1].gather(-1, targets[:, None]).sum().item()
+        for i in batch:
+            qi, _, opts = contexts[i]
+            for oi, scored in opts:
+                scores[qi][oi] /= len(scored)
+        bar.update(sum(len(contexts[i][2]) for i in batch))
+    return scores
+
+
+def _score_flat(model, encoded: list[Rows], pad: int, max_batch: int, max_tokens: int, mode: str,
+                bar) -> list[list[float]]:
+    """The previous method: one row per option (context + option ids; letter mode: one row per question, the
+    letter logits at its end) on the shared-prefix cache; scores are mean log-probs (letter: raw logits)."""
+    rows: list[tuple[int, int, list[int], int]] = []  # (question, option or -1 for all letters, ids, n scored)
+    for qi, opts in enumerate(encoded):
+        if mode == "letter":
+            rows.append((qi, -1, opts[0][0], 0))
+        else:
+            rows += [(qi, oi, ctx + scored, len(scored)) for oi, (ctx, scored) in enumerate(opts)]
+    L = _common_prefix([r[2] for r in rows])
+    L = max(0, min(L, min(len(r[2]) for r in rows) - 1 - max(r[3] for r in rows)))  # keep every scored position
+    scorer = _PrefixScorer(model, rows[0][2][:L], pad)
+    suffixes = [r[2][L:] for r in rows]
+    lengths = [len(s) for s in suffixes]
+    order = sorted(range(len(rows)), key=lambda i: (lengths[i], i))
+    scores = [[0.0] * len(opts) for opts in encoded]
+    for batch in _batches(order, lengths, max_tokens, max_batch):
+        keep = max(rows[i][3] for i in batch) + 1
+        logits = scorer.last_logits([suffixes[i] for i in batch], keep)
+        logp = torch.log_softmax(logits, dim=-1)
+        for b, i in enumerate(batch):
+            qi, oi, seq, n = rows[i]
+            if oi < 0:
+                scores[qi] = [logits[b, -1, scored[0]].item() for _, scored in encoded[qi]]
+                bar.update(len(encoded[qi]))
+            else:
+                targets = torch.tensor(seq[-n:])
+                scores[qi][oi] = logp[b, keep - 1 - n: keep - 1].gather(-1, targets[:, None]).sum().item() / n
+                bar.update(1)
+    return scores
+
+
 @torch.inference_mode()
 def score_mcqs(model, tokenizer, questions: Sequence[MCQ], spec: PromptSpec, *, max_batch: int = 16,
-               max_tokens: int = 4096, show_progress: bool = True, desc: str = "scoring") -> pd.DataFrame:
-    """Score questions fast (shared-prefix KV cache, length buckets, logits only where needed).
+               max_tokens: int = 4096, show_progress: bool = True, desc: str = "scoring",
+               two_level: bool = True) -> pd.DataFrame:
+    """Score questions fast (shared-prefix KV cache, each context once, length buckets, logits only where needed).
 
-    Returns one row per question: id, domain, subject, answer, probs, pred, correct, confidence, mode.
+    `max_batch` and `max_tokens` bound the contexts (or, with `two_level=False`, the option rows) of one forward
+    pass. Returns one row per question: id, domain, subject, answer, probs, pred, correct, confidence, mode.
     """
     if spec.mode not in MODES:
         raise ValueError(f"scoring mode must be one of {MODES}, got {spec.mode!r}")
     if not questions:
         return _frame([], [], spec)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ctx = [_encode(tokenizer, build_prompt(q, spec, tokenizer)) for q in questions]
-    # rows: (question index, token sequence, number of tokens whose log-prob is summed)
-    rows: list[tuple[int, list[int], int]] = []
-    for qi, (q, c) in enumerate(zip(questions, ctx, strict=True)):
-        if spec.mode == "letter":
-            rows.append((qi, c, 0))
-        else:
-            for cont in continuations(q, spec):
-                cids = _encode(tokenizer, cont)
-                rows.append((qi, c + cids, len(cids)))
-    L = _common_prefix([r[1] for r in rows])
-    L = min(L, min(len(r[1]) for r in rows) - 1 - max(r[2] for r in rows))  # keep every scored position
-    L = max(L, 0)
-    scorer = _PrefixScorer(model, rows[0][1][:L], pad)
-    suffixes = [r[1][L:] for r in rows]
-    lengths = [len(s) for s in suffixes]
-    order = sorted(range(len(rows)), key=lambda i: (lengths[i], i))
-    letter_ids = letter_token_ids(tokenizer, max(len(q.choices) for q in questions))
-    scores: list[list[float]] = [[] for _ in questions]
-    row_scores: dict[int, float] = {}
-    letter_logits: dict[int, np.ndarray] = {}
-    bar = progress(total=len(rows), desc=desc, disable=not show_progress)
-    for batch in _batches(order, lengths, max_tokens, max_batch):
-        keep = 1 if spec.mode == "letter" else max(rows[i][2] for i in batch) + 1
-        logits = scorer.last_logits([suffixes[i] for i in batch], keep)
-        logp = torch.log_softmax(logits, dim=-1)
-        for b, i in enumerate(batch):
-            qi, seq, n = rows[i]
-            if spec.mode == "letter":
-                letter_logits[qi] = logits[b, -1, letter_ids[: len(questions[qi].choices)]].numpy()
-            else:
-                targets = torch.tensor(seq[-n:])
-                lp = logp[b, keep - 1 - n: keep - 1].gather(-1, targets[:, None]).sum().item()
-                row_scores[i] = lp / n
-        bar.update(len(batch))
-    bar.close()
-    if spec.mode == "letter":
-        probs = [_softmax(letter_logits[qi].astype(np.float64)) for qi in range(len(questions))]
+    encoded = [encode_question(tokenizer, q, spec) for q in questions]
+    bar = progress(total=sum(len(r) for r in encoded), desc=desc, disable=not show_progress)
+    if two_level:
+        scores = _score_two_level(model, encoded, pad, max_batch, max_tokens, bar)
     else:
-        for i, (qi, _, _) in enumerate(rows):
-            scores[qi].append(row_scores[i])
-        probs = [_softmax(np.array(s, dtype=np.float64)) for s in scores]
-    return _frame(list(questions), probs, spec)
+        scores = _score_flat(model, encoded, pad, max_batch, max_tokens, spec.mode, bar)
+    bar.close()
+    return _frame(list(questions), [_softmax(np.array(s, dtype=np.float64)) for s in scores], spec)
 
 
 def _frame(questions: list[MCQ], probs: list[np.ndarray], spec: PromptSpec) -> pd.DataFrame:
@@ -217,19 +332,16 @@ def _frame(questions: list[MCQ], probs: list[np.ndarray], spec: PromptSpec) -> p
 def score_reference(model, tokenizer, questions: Sequence[MCQ], spec: PromptSpec,
                     show_progress: bool = False) -> pd.DataFrame:
     """The original loop: one full prompt per forward pass (per option in cloze mode), batch size 1."""
-    letter_ids = letter_token_ids(tokenizer, max(len(q.choices) for q in questions))
     probs = []
     for q in progress(questions, disable=not show_progress, desc="reference"):
-        ctx = _encode(tokenizer, build_prompt(q, spec, tokenizer))
+        rows = encode_question(tokenizer, q, spec)
         if spec.mode == "letter":
-            logits = model(input_ids=torch.tensor([ctx])).logits[0, -1].float()
-            probs.append(_softmax(logits[letter_ids[: len(q.choices)]].numpy().astype(np.float64)))
+            logits = model(input_ids=torch.tensor([rows[0][0]])).logits[0, -1].float()
+            probs.append(_softmax(np.array([logits[scored[0]].item() for _, scored in rows])))
             continue
         s = []
-        for cont in continuations(q, spec):
-            cids = _encode(tokenizer, cont)
-            logp = torch.log_softmax(model(input_ids=torch.tensor([ctx + cids])).logits[0].float(), -1)
-            s.append(sum(logp[len(ctx) - 1 + j, t].item() for j, t in enumerate(cids)) / len(cids))
+        for ctx, scored in rows:
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ctx + scored])).logits[0].float(), -1)
+            s.append(sum(logp[len(ctx) - 1 + j, t].item() for j, t in enumerate(scored)) / len(scored))
         probs.append(_softmax(np.array(s)))
     return _frame(list(questions), probs, spec)
-

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ift_utils.encoding import encode_pair, special_prefix
 from ift_utils.io import sha256_json, write_csv, write_json, write_text
 
 
@@ -123,19 +124,24 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------- data
 
 
-def encode_example(tok: Any, prompt: str, response: str, max_length: int) -> dict | None:
+def encode_example(tok: Any, prompt: str, response: str, max_length: int, *, bos: bool = True) -> dict | None:
     """Token ids and labels (-100 on the prompt) of prompt + response + eos; the prompt is cut from the left.
 
-    The two parts are tokenized separately so the mask is exact. None when response + eos leaves no room for
-    at least one prompt token (the response is never cut).
+    Encoded by `ift_utils.encoding.encode_pair`, as evaluation encodes the same prompt and answer: prompt and response
+    tokenized separately (so the mask is exact), the tokenizer's leading special tokens (BOS) when `bos`, kept when
+    the prompt is cut. None when response + eos leaves no room for one prompt token (the response is never cut).
     """
-    prompt_ids = tok(prompt, add_special_tokens=True)["input_ids"]
-    response_ids = [*tok(response, add_special_tokens=False)["input_ids"], tok.eos_token_id]
-    room = max_length - len(response_ids)
+    prompt_ids, response_ids = encode_pair(tok, prompt, response, bos=bos)
+    response_ids.append(tok.eos_token_id)
+    lead = special_prefix(tok) if bos else []
+    if not lead or prompt_ids[: len(lead)] != lead:
+        lead = []
+    text_ids = prompt_ids[len(lead):]
+    room = max_length - len(response_ids) - len(lead)
     if room < 1:
         return None
-    truncated = len(prompt_ids) > room
-    prompt_ids = prompt_ids[-room:]
+    truncated = len(text_ids) > room
+    prompt_ids = lead + text_ids[-room:]
     return {"input_ids": prompt_ids + response_ids,
             "labels": [IGNORE] * len(prompt_ids) + response_ids,
             "truncated": truncated}
@@ -498,7 +504,7 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     encoded: list[dict] = []
     for ex in examples:
-        enc = encode_example(tok, ex["prompt"], ex["response"], cfg.max_length)
+        enc = encode_example(tok, ex["prompt"], ex["response"], cfg.max_length, bos=ex.get("bos", True))
         if enc is not None:
             encoded.append(enc)
     n_dropped = len(examples) - len(encoded)
