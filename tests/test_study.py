@@ -106,3 +106,11 @@ def test_robust_labels_need_the_same_answer_under_every_prompt():
     assert one["belief"].tolist() == one["single"].tolist()
     agree = study.label_agreement(train.assign(split="train", probe_domain="d"), 0.5)
     assert agree["n"].sum() == 5 and len(agree) == 5
+
+
+def test_bos_follows_the_original_per_test_set_in_paper_mode_only():
+    plain = load_params(None, {})
+    assert all(study.ft_spec(plain, t).bos for t in ("HOMO", "ID", "OOD", "TRAIN"))
+    paper = load_params(None, {"prompt_style": "paper", "id_ood_source": "mmlu"})
+    assert study.ft_spec(paper, "HOMO").bos and study.ft_spec(paper, study.FIT_SET).bos
+    assert not study.ft_spec(paper, "ID").bos and not study.ft_spec(paper, "OOD").bos
