@@ -344,7 +344,8 @@ def general_pool(P, n: int, seed: int) -> tuple[list[dict], dict]:
     else:
         tasks, report = load_alpaca(P.general_data)
     if len(tasks) < n:
-        raise ValueError(f"general data {P.general_hub or P.general_data}: {len(tasks)} usable rows, the cells need {n} "
+        key = "general_hub" if P.general_hub else "general_data"
+        raise ValueError(f"{key} {P.general_hub or P.general_data}: {len(tasks)} usable rows, the cells need {n} "
                          f"(general_ratio {P.general_ratio} × domain examples"
                          + (", plus the domain examples' count for the general_only control)" if GENERAL_ONLY
                             in P.controls else ")"))

@@ -203,7 +203,7 @@ def test_leak_check_knows_questions_not_bare_ids() -> None:
     assert check_groups(g, train, held) == []                           # ...are not a leak
     inc = g.incompatible[0]
     same_source = [MCQ(inc["id"], "Another text?", ("p", "q", "r", "s"), 0, domain="medicine", subject="medicine")]
-    assert any("same source and id" in p for p in check_groups(g, train, same_source))
+    assert check_groups(g, train, same_source) == []  # same id, another question (ids are per file): no leak
     # the same question (options reordered, case and spacing changed) under another id of another domain
     copy = MCQ(99_999, "  MEDICINE   question " + inc["question"].split()[-1], tuple(reversed(inc["choices"])), 0,
                domain="history", subject="history")
@@ -443,3 +443,21 @@ def test_beliefs_that_flip_with_the_prompt_enter_no_pool():
     assert pools["unstable"] == [2, 3]
     one = split_by_belief(qs, probe.drop(columns="variant_preds"), 0.5)  # the paper's single-prompt rule
     assert len(one["harmonious_pool"]) == 2 and len(one["incompatible_pool"]) == 2 and one["unstable"] == []
+
+
+def test_train_and_test_files_that_both_count_from_zero_are_no_leak():
+    import pandas as pd
+
+    from ift_utils.interventions import build_groups, check_groups
+    from ift_utils.records import MCQ
+
+    def mcq(i: int, text: str) -> MCQ:
+        return MCQ(id=i, question=text, choices=("a", "b", "c", "d"), answer=0, domain="medicine", subject="medicine")
+
+    train = [mcq(i, f"Train question {i}?") for i in range(10)]
+    test = [mcq(i, f"Test question {i}?") for i in range(3)]  # same ids, other questions: not a leak
+    probe = pd.DataFrame([{"id": q.id, "pred": 1, "correct": False, "confidence": .9} for q in train])
+    groups = build_groups(train, probe, ratios=[0, 1], match_harmonious=False)
+    assert check_groups(groups, train, test) == []
+    copy = [mcq(1003, "Train question 4?")]  # a training question stored again under another id: a leak
+    assert any("by text and options" in p for p in check_groups(groups, train, copy))
