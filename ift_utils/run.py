@@ -168,6 +168,9 @@ def _cell(value: Any, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+VERDICT_COLUMNS = ("claim", "test_set", "ours", "lo", "hi", "mde", "paper", "supported")  # what the terminal shows
+
+
 def format_verdict(frame: pd.DataFrame, prose: int = 60, width: int = 40, keep: tuple[str, ...] = ("claim",)) -> str:
     """The verdict table as plain text: the `keep` columns and every column whose values are short, each value
     cut to `width` characters; prose columns (any value longer than `prose`) are named at the end instead."""
@@ -535,7 +538,11 @@ def _closing_lines(run_dir: Path, console: Console) -> None:
         import pandas as pd
 
         try:
-            table = format_verdict(pd.read_csv(verdict))
+            frame = pd.read_csv(verdict)
+            brief = [c for c in VERDICT_COLUMNS if c in frame.columns]
+            table = format_verdict(frame[brief] if len(brief) >= 4 else frame)
+            if len(brief) >= 4 and len(brief) < len(frame.columns):
+                table += f"\n(all columns: {_show(verdict)} and report.html)"
         except (OSError, ValueError) as e:  # a verdict that cannot be read must not fail a finished run
             table = f"(could not read it: {e})"
         _say(console, f"verdict ({_show(verdict)}):\n{table}")
