@@ -260,20 +260,10 @@ def hub_mmlu(dsdict: Any, spec: str = MMLU_HUB_ID) -> tuple[dict[str, list[MCQ]]
 
 def hub_alpaca(dsdict: Any, spec: str) -> tuple[list[dict[str, str]], RowReport]:
     """Alpaca-format general data (instruction, input, output) by `general_tasks`' row rule, rejections counted."""
-    from ift_utils.general_tasks import _check_row
+    from ift_utils.general_tasks import alpaca_rows
 
     split = "train" if "train" in dsdict else next(iter(dsdict))
-    report = RowReport(source=f"{spec} [{split}]")
-    kept = []
-    for row in dsdict[split]:
-        report.read += 1
-        task, reason = _check_row(row)
-        if task is None:
-            report.rejected[reason] += 1
-            continue
-        kept.append(task)
-        report.kept += 1
-    return kept, report
+    return alpaca_rows(dsdict[split], f"{spec} [{split}]")
 
 
 def load_hub_alpaca(spec: str, *, allow_network: bool) -> tuple[list[dict[str, str]], RowReport]:

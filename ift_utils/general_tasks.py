@@ -173,9 +173,14 @@ def load_alpaca(path: str | Path) -> tuple[list[Task], RowReport]:
     if not isinstance(data, list):
         raise AlpacaError(f"alpaca file {path} holds a JSON {type(data).__name__}, expected a list of "
                           "{instruction, input, output} objects")
-    report = RowReport(source=str(path))
+    return alpaca_rows(data, str(path))
+
+
+def alpaca_rows(rows: Any, source: str) -> tuple[list[Task], RowReport]:
+    """Alpaca rows (a file's list, or a hub split) checked one by one: kept, or counted by rejection reason."""
+    report = RowReport(source=source)
     kept: list[Task] = []
-    for row in data:
+    for row in rows:
         report.read += 1
         task, reason = _check_row(row)
         if task is None:
