@@ -40,9 +40,18 @@ def test_tables_figures_and_report(smoke):
     table = pd.read_csv(run_dir / "tables" / "eval_table.csv")
     assert set(table["test_set"]) == {"HOMO", "ID", "OOD"}
     assert table["ft_acc"].between(0, 1).all() and (table["kl"] >= 0).all()
-    assert set(table["group"]) == {"incompatible", "mixture", "self_aligning", "harmonious", "contextualized"}
+    assert set(table["group"]) == {"incompatible", "mixture", "self_aligning", "harmonious", "contextualized",
+                                   "no_ift", "general_only"}
+    no_ift = table[table["group"] == "no_ift"]
+    assert (no_ift["seed"] == -1).all() and len(no_ift) == 2 * 3  # one per domain and test set, nothing trained
+    answers = pd.read_csv(run_dir / "tables" / "answers.csv")
+    assert len(answers) == table["n"].sum() and set(answers["correct"]) <= {0, 1}
+    fit = pd.read_csv(run_dir / "tables" / "train_fit.csv")
+    assert {"fit", "gold", "own"} <= set(fit.columns) and fit["fit"].between(0, 1).all()
+    assert "general_only" not in set(fit["group"])  # no domain facts to fit
     verdict = pd.read_csv(run_dir / "tables" / "verdict.csv")
-    assert {"claim", "ours", "lo", "hi", "paper", "supported"} <= set(verdict.columns)
+    assert {"claim", "ours", "lo", "hi", "mde", "paper", "supported"} <= set(verdict.columns)
+    assert "general_only − no_ift" in set(verdict["claim"])
     for fig in ("probe_popularity", "probe_calibration", "training_loss", "accuracy_vs_ratio",
                 "consistency_vs_accuracy", "group_comparison"):
         assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 1000, fig
