@@ -19,16 +19,17 @@ def test_two_processes_train_a_cell_that_stage_03_accepts(finished_copy, tmp_pat
     records 2 processes and the same fingerprint as the notebook's own, so stage 03 would skip it."""
     copy = finished_copy
     P = load_params(PROJECT_ROOT / "params" / "smoke.yaml")
-    cell = study.cell_dir(study.RunPaths(copy), study.grid(P)[0])  # shard 0 of 10 holds the first cell only
+    shards = len(study.grid(P))  # shard 0 of as many shards as cells holds the first cell only
+    cell = study.cell_dir(study.RunPaths(copy), study.grid(P)[0])
     before = json.loads((cell / "train_config.json").read_text())
     shutil.rmtree(cell)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                         "-m", "ift_utils.train_grid", "params/smoke.yaml", "-p", f"output_root={tmp_path}",
-                        "-p", "num_shards=10", "-p", "shard_index=0"],
+                        "-p", f"num_shards={shards}", "-p", "shard_index=0"],
                        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "1 of 1 cell(s) of shard 1/10 trained" in r.stdout
+    assert f"1 of 1 cell(s) of shard 1/{shards} trained" in r.stdout
     after = json.loads((cell / "train_config.json").read_text())
     assert (cell / "DONE").exists() and after["processes"] == 2
     assert after["fingerprint"] == before["fingerprint"]
