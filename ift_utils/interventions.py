@@ -87,11 +87,22 @@ def _probe_rows(probe: pd.DataFrame) -> dict[int, dict[str, Any]]:
     return {int(r["id"]): r for r in probe.to_dict("records")}
 
 
+def robust_label(variant_preds: Any, answer: int) -> str | None:
+    """The multi-prompt belief rule (stage 01's `belief_prompts`), shared by the pools and the label tables:
+    "known" when every prompt gave the gold answer, "wrong" when every prompt gave the same wrong answer, else
+    "unstable"; None for a single prompt (the paper's rule) or a probe from before `belief_prompts`."""
+    if not isinstance(variant_preds, list | tuple) or len(variant_preds) == 0:
+        return None
+    preds = {int(p) for p in variant_preds}
+    if preds == {int(answer)}:
+        return "known"
+    return "wrong" if len(preds) == 1 else "unstable"
+
+
 def _flips(variant_preds: Any, pred: int) -> bool:
     """True when a question probed under several prompts did not give `pred` under every one of them."""
-    if not isinstance(variant_preds, list | tuple):
-        return False  # one prompt (the paper's rule), or a probe from before belief_prompts
-    return any(int(p) != pred for p in variant_preds)
+    label = robust_label(variant_preds, pred)
+    return label is not None and label != "known"
 
 
 def split_by_belief(train: list[MCQ], probe: pd.DataFrame, threshold: float = 0.5) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from ift_utils.data_sources import DomainData
+from ift_utils.interventions import robust_label
 from ift_utils.io import read_json, read_jsonl, sha256_json, write_json, write_jsonl
 from ift_utils.probing import PromptSpec, score_mcqs
 from ift_utils.records import MCQ
@@ -221,9 +222,8 @@ def belief_labels(train: pd.DataFrame, threshold: float) -> pd.DataFrame:
     out = train.assign(single=single)
     if "variant_preds" not in train or train["variant_preds"].isna().all():
         return out.assign(robust=single, belief=single)
-    preds = train["variant_preds"].tolist()
-    robust = ["known" if all(p == a for p in ps) else "wrong" if len(set(ps)) == 1 else "unstable"
-              for ps, a in zip(preds, train["answer"], strict=True)]
+    robust = [robust_label(ps, a) or s for ps, a, s in zip(train["variant_preds"], train["answer"], single,
+                                                            strict=True)]
     belief = np.where(single == np.array(robust), single, np.where(single == "unsure", "unsure", "unstable"))
     return out.assign(robust=robust, belief=belief)
 

