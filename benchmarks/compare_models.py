@@ -103,7 +103,7 @@ def probe_worker(spec: dict) -> dict:
     from ift_utils.data_sources import load_study_data
     from ift_utils.io import write_jsonl
     from ift_utils.models import load_model
-    from ift_utils.study import score_by_subject
+    from ift_utils.stages.probe import score_by_subject
     from ift_utils.training import _peak_rss_mb, _reset_peak_rss
 
     if spec.get("threads"):
@@ -279,7 +279,7 @@ def knowledge(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
 def default_training_steps(P) -> tuple[int, int]:
     """(cells, optimizer steps per cell) of the default study when every group is full: each cell trains
     max_per_group domain examples plus general_ratio times as many general ones for `epochs` epochs."""
-    from ift_utils.study import grid
+    from ift_utils.stages.grid import grid
 
     cells = len(grid(P))
     per_cell = math.ceil(P.max_per_group * (1 + P.general_ratio) / (P.batch_size * P.grad_accum)) * math.ceil(P.epochs)

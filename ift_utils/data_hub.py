@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ift_utils.data_sources import DataError
-from ift_utils.records import LETTERS, MCQ, RowReport, validate_rows
+from ift_utils.paths import PROJECT_ROOT
+from ift_utils.records import LETTERS, MCQ, DataError, RowReport, validate_rows
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,6 @@ def _check_spec(key: str, spec: Any, allow_network: bool) -> None:
 
 def check_hub_params(P: Any) -> None:
     """Validate the hub parameters of a `StudyParams` (called by its validator); ValueError names the key."""
-    from ift_utils.config import PROJECT_ROOT
 
     if P.data_source == "hub":
         missing = [d for d in P.domains if d not in P.hub_datasets]

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ift_utils.records import MCQ, RowReport, validate_rows
+from ift_utils.records import MCQ, DataError, RowReport, validate_rows
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,6 @@ MMLU_ID_SUBJECTS: dict[str, tuple[str, ...]] = {
     "us_city_state": ("high school geography", "high school us history"),
     "europe_city_country": ("high school geography", "high school european history"),
 }
-
-
-class DataError(ValueError):
-    """Input data that cannot be used at all (missing folder or file, unreadable file)."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,10 @@ LETTERS = "ABCDEFGHIJ"
 MAX_FIELD_CHARS = 20_000
 
 
+class DataError(ValueError):
+    """Input data that cannot be used at all (missing folder or file, unreadable file)."""
+
+
 @dataclass(frozen=True)
 class MCQ:
     """One multiple-choice question with its gold answer (0-based index into `choices`)."""

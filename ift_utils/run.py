@@ -66,8 +66,9 @@ def stages() -> list[Path]:
 def code_hash() -> str:
     """Hash of the package's source: a code change re-runs stages."""
     h = hashlib.sha256()
-    for p in sorted((PROJECT_ROOT / "ift_utils").glob("*.py")):
-        h.update(p.name.encode() + p.read_bytes())
+    pkg = PROJECT_ROOT / "ift_utils"
+    for p in sorted(pkg.rglob("*.py")):
+        h.update(p.relative_to(pkg).as_posix().encode() + p.read_bytes())
     return h.hexdigest()
 
 

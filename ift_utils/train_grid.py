@@ -16,9 +16,11 @@ import argparse
 import logging
 import sys
 
-from ift_utils import study
 from ift_utils.config import ParamError, load_params, parse_overrides
 from ift_utils.models import resolve_model
+from ift_utils.paths import open_run
+from ift_utils.stages import grid
+from ift_utils.stages import training as training_stage
 from ift_utils.training import is_done
 
 
@@ -33,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except ParamError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    paths = study.open_run(P)
-    cells = study.my_cells(P)
-    missing = [c.key for c in cells if not study.cell_data(paths, c).exists()]
+    paths = open_run(P)
+    cells = grid.my_cells(P)
+    missing = [c.key for c in cells if not grid.cell_data(paths, c).exists()]
     if missing:
         print(f"error: {len(missing)} cell(s) have no training data in {paths.groups} (first: {missing[0]}); "
               f"run `python -m ift_utils.run {args.params} --stages 01,02` with the same parameters first",
@@ -44,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     model_path = resolve_model(P.model, allow_network=P.allow_network, allow_pickle=P.allow_pickle)
     for i, cell in enumerate(cells, 1):
         logging.getLogger("ift_utils.train_grid").info("cell %d/%d: %s", i, len(cells), cell.key)
-        study.train_cell(P, paths, cell, model_path)
-    done = sum(is_done(study.cell_dir(paths, c)) for c in cells)
+        training_stage.train_cell(P, paths, cell, model_path)
+    done = sum(is_done(grid.cell_dir(paths, c)) for c in cells)
     print(f"{done} of {len(cells)} cell(s) of shard {P.shard_index + 1}/{P.num_shards} trained in {paths.train}")
     return 0
 

@@ -4,20 +4,20 @@ import csv
 
 import pytest
 
-from benchmarks import run_all, train_worker
+from benchmarks import common, evaluation, probing, run_all, train_worker
 
 
 def test_row_ratio_and_format():
-    assert run_all.Row("s", "m", 6.0, 2.0).ratio == 3.0
-    assert run_all.Row("s", "m", "not run").ratio is None
-    assert run_all.Row("s", "m", 1.0, None).ratio is None
-    assert run_all.fmt(4.7e-6) == "4.7e-06"
-    assert run_all.fmt(1234.5) == "1,234"
-    assert run_all.fmt(None) == ""
+    assert common.Row("s", "m", 6.0, 2.0).ratio == 3.0
+    assert common.Row("s", "m", "not run").ratio is None
+    assert common.Row("s", "m", 1.0, None).ratio is None
+    assert common.fmt(4.7e-6) == "4.7e-06"
+    assert common.fmt(1234.5) == "1,234"
+    assert common.fmt(None) == ""
 
 
 def test_markdown_escapes_pipes():
-    text = run_all.markdown([run_all.Row("probing", "max |Δp|", 1e-6, 1e-4)], {"quick": True}, ["PASS: x"])
+    text = common.markdown([common.Row("probing", "max |Δp|", 1e-6, 1e-4)], {"quick": True}, ["PASS: x"])
     assert "max \\|Δp\\|" in text
     assert "not representative" in text
 
@@ -30,13 +30,13 @@ def test_quick_run_on_tiny_model(tmp_path, tiny):
     with open(tmp_path / "bench.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     delta = next(r for r in rows if r["measure"].startswith("max |Δp|"))
-    assert float(delta["value"]) <= run_all.MAX_DELTA_P
+    assert float(delta["value"]) <= probing.MAX_DELTA_P
     evals = [r for r in rows if r["section"].startswith("evaluation")]
     assert {r["section"] for r in evals} == {"evaluation (cloze, fine-tuned 0-shot)",
                                              "evaluation (letter, fine-tuned 0-shot)"}
     speed = next(r for r in evals if r["measure"].startswith("scored options/s"))
     assert float(speed["value"]) > 0 and float(speed["reference"]) > 0
-    assert all(float(r["value"]) <= run_all.MAX_EVAL_DELTA_P for r in evals if r["measure"].startswith("max |Δp|"))
+    assert all(float(r["value"]) <= evaluation.MAX_EVAL_DELTA_P for r in evals if r["measure"].startswith("max |Δp|"))
     assert any(r["section"] == "end to end" and r["value"] == "not run" for r in rows)
     assert "torch threads" in (tmp_path / "bench.md").read_text(encoding="utf-8")
 
@@ -46,7 +46,7 @@ def test_train_worker_times_steps_after_the_first(tmp_path, tiny):
     import json
 
     _, tok = tiny
-    examples = run_all.chat_examples(tok, run_all.fact_questions(4))
+    examples = common.chat_examples(tok, common.fact_questions(4))
     ex_file = tmp_path / "examples.json"
     ex_file.write_text(json.dumps(examples), encoding="utf-8")
     out = train_worker.run({"model": "tiny-random", "examples_file": str(ex_file), "out_dir": str(tmp_path / "cell"),

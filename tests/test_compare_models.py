@@ -60,7 +60,7 @@ def test_reference_stages_prefers_a_complete_manifest(tmp_path):
 
 def test_default_training_steps_follow_the_params():
     from ift_utils.config import PROJECT_ROOT, load_params
-    from ift_utils.study import grid
+    from ift_utils.stages.grid import grid
 
     P = load_params(PROJECT_ROOT / "params" / "default.yaml", {"max_per_group": 20, "batch_size": 8, "epochs": 2})
     cells, per_cell = cm.default_training_steps(P)

@@ -6,7 +6,7 @@ from peft import LoraConfig, get_peft_model
 
 from ift_utils.models import load_model, resolve_model
 from ift_utils.probing import PromptSpec, score_mcqs
-from ift_utils.study import AdapterSwapper
+from ift_utils.stages.evaluation import AdapterSwapper
 
 
 def _random_adapter(path, seed):

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ift_utils import study
 from ift_utils.config import load_params
 from ift_utils.explanations import Explanation
 from ift_utils.interventions import (
@@ -36,8 +35,11 @@ from ift_utils.interventions import (
     write_groups,
 )
 from ift_utils.io import read_jsonl, write_jsonl
+from ift_utils.paths import RunPaths
 from ift_utils.prompts import ift_response, vicuna
 from ift_utils.records import MCQ
+from ift_utils.stages import grid, shared
+from ift_utils.stages import interventions as interventions_stage
 
 RATIOS = [0, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1]
 
@@ -329,25 +331,25 @@ def test_check_cells_equal_sizes_and_general_data() -> None:
 
 def test_conditions_add_general_only_not_no_ift() -> None:
     P = load_params(None, {"ratios": [0, 1], "extra_groups": ["harmonious"]})
-    assert [c[0] for c in study.conditions(P)] == ["ratio_0", "ratio_1", "harmonious", "general_only"]
-    assert math.isnan(study.conditions(P)[-1][2])
-    assert "general_only" not in [c[0] for c in study.conditions(load_params(None, {"controls": ["no_ift"]}))]
-    cell = study.Cell("city_country", "ratio_0", "incompatible", 0.0, 3)
-    assert study.cell_data(study.RunPaths(Path("/r")), cell) == Path("/r/groups/city_country/rep3/ratio_0.chat.jsonl")
+    assert [c[0] for c in grid.conditions(P)] == ["ratio_0", "ratio_1", "harmonious", "general_only"]
+    assert math.isnan(grid.conditions(P)[-1][2])
+    assert "general_only" not in [c[0] for c in grid.conditions(load_params(None, {"controls": ["no_ift"]}))]
+    cell = grid.Cell("city_country", "ratio_0", "incompatible", 0.0, 3)
+    assert grid.cell_data(RunPaths(Path("/r")), cell) == Path("/r/groups/city_country/rep3/ratio_0.chat.jsonl")
 
 
 def test_general_pool_is_seeded_per_replicate_and_prefix_stable(tmp_path: Path) -> None:
     P = load_params(None, {})
-    a, rep = study.general_pool(P, 12, seed=5)
-    assert rep["seed"] == 5 and len(a) == 12 and study.general_pool(P, 7, seed=5)[0] == a[:7]
-    assert study.general_pool(P, 12, seed=6)[0] != a
+    a, rep = interventions_stage.general_pool(P, 12, seed=5)
+    assert rep["seed"] == 5 and len(a) == 12 and interventions_stage.general_pool(P, 7, seed=5)[0] == a[:7]
+    assert interventions_stage.general_pool(P, 12, seed=6)[0] != a
     f = tmp_path / "alpaca.json"
     f.write_text(json.dumps([{"instruction": f"Say {i}.", "input": "", "output": str(i)} for i in range(5)]))
     Pa = load_params(None, {"general_data": str(f)})
-    x, _ = study.general_pool(Pa, 4, seed=1)
-    assert len(x) == 4 and x != study.general_pool(Pa, 4, seed=2)[0]
+    x, _ = interventions_stage.general_pool(Pa, 4, seed=1)
+    assert len(x) == 4 and x != interventions_stage.general_pool(Pa, 4, seed=2)[0]
     with pytest.raises(ValueError, match="general_data"):
-        study.general_pool(Pa, 6, seed=1)
+        interventions_stage.general_pool(Pa, 6, seed=1)
 
 
 def _run_folder(tmp_path: Path, **over):
@@ -357,7 +359,7 @@ def _run_folder(tmp_path: Path, **over):
 
     P = load_params(None, {"output_root": str(tmp_path), "run_name": "t", "seeds": [0, 1], "max_per_group": 6,
                            "ratios": [0, 0.5, 1], "chat_template": "vicuna", "explanations": "template", **over})
-    paths = study.RunPaths(P.run_dir())
+    paths = RunPaths(P.run_dir())
     suite = build_facts_suite(seed=0, domains=P.domains, n_train=60, n_dev=2, n_test=10, n_id=10)
     rows = []
     for d in P.domains:
@@ -373,7 +375,7 @@ def _run_folder(tmp_path: Path, **over):
 
 def test_build_domain_groups_replicates_with_matched_groups(tmp_path: Path) -> None:
     P, paths, probe = _run_folder(tmp_path)
-    res = {d: study.build_domain_groups(P, paths, None, None, d, probe) for d in P.domains}
+    res = {d: interventions_stage.build_domain_groups(P, paths, None, None, d, probe) for d in P.domains}
     for d, r in res.items():
         n = 6
         reps = r["replicates"]
@@ -382,8 +384,8 @@ def test_build_domain_groups_replicates_with_matched_groups(tmp_path: Path) -> N
         assert ids[0] != ids[1] and reps[1]["shared_with_first_rep"] < n  # other facts per replicate
         for s in (0, 1):
             assert set(reps[s]["train_sizes"].values()) == {2 * n}  # equal sizes, general_only included
-            chats = {c: read_jsonl(study.cell_data(paths, study.Cell(d, c, g, ratio, s)))
-                     for c, g, ratio in study.conditions(P)}
+            chats = {c: read_jsonl(grid.cell_data(paths, grid.Cell(d, c, g, ratio, s)))
+                     for c, g, ratio in grid.conditions(P)}
             general = [{*map(tuple, (e.values() for e in v))} for v in chats.values()]
             shared = set.intersection(*general)
             assert len(shared) == n  # the same general data in every cell of the replicate
@@ -398,10 +400,10 @@ def test_stage_fails_when_a_template_states_a_test_answer(tmp_path: Path, monkey
     from ift_utils import explanations
 
     P, paths, probe = _run_folder(tmp_path, seeds=[0])
-    capitals = [q.choices[q.answer] for q in study.read_questions(paths, "city_country", "id_test")]
+    capitals = [q.choices[q.answer] for q in shared.read_questions(paths, "city_country", "id_test")]
     monkeypatch.setattr(explanations, "template_explanation", lambda q, c: f"Its capital is {capitals[0]}.")
     with pytest.raises(AssertionError, match="template explanations state the gold answer"):
-        study.build_domain_groups(P, paths, None, None, "city_country", probe)
+        interventions_stage.build_domain_groups(P, paths, None, None, "city_country", probe)
 
 
 def test_contextualized_refused_in_the_stage(tmp_path: Path) -> None:
@@ -409,16 +411,16 @@ def test_contextualized_refused_in_the_stage(tmp_path: Path) -> None:
     train = read_jsonl(paths.data / "city_country" / "train.jsonl")
     write_jsonl(paths.data / "city_country" / "train.jsonl", [{**r, "context": ""} for r in train])
     with pytest.raises(ValueError, match="extra_groups"):
-        study.build_domain_groups(P, paths, None, None, "city_country", probe)
+        interventions_stage.build_domain_groups(P, paths, None, None, "city_country", probe)
     P2 = load_params(None, {**P.model_dump(), "extra_groups": ["harmonious"]})
-    assert study.build_domain_groups(P2, paths, None, None, "city_country", probe)["replicates"]
+    assert interventions_stage.build_domain_groups(P2, paths, None, None, "city_country", probe)["replicates"]
 
 
 def test_build_domain_groups_model_explanations(tmp_path: Path, tiny) -> None:
     model, tok = tiny
     P, paths, probe = _run_folder(tmp_path, seeds=[0], max_per_group=2, explanations="model",
                                   explanation_max_new_tokens=4, domains=["city_country"])
-    r = study.build_domain_groups(P, paths, model, tok, "city_country", probe)
+    r = interventions_stage.build_domain_groups(P, paths, model, tok, "city_country", probe)
     g = r["replicates"][0]["groups"]
     sources = {ex["explanation_source"] for _, exs in g.items() for ex in exs}
     assert sources <= {"model", "template"} and "model" in sources  # template only for an empty output

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from ift_utils import study
 from ift_utils.config import PROJECT_ROOT, load_params
+from ift_utils.paths import RunPaths
+from ift_utils.stages import grid
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +20,8 @@ def test_two_processes_train_a_cell_that_stage_03_accepts(finished_copy, tmp_pat
     records 2 processes and the same fingerprint as the notebook's own, so stage 03 would skip it."""
     copy = finished_copy
     P = load_params(PROJECT_ROOT / "params" / "smoke.yaml")
-    shards = len(study.grid(P))  # shard 0 of as many shards as cells holds the first cell only
-    cell = study.cell_dir(study.RunPaths(copy), study.grid(P)[0])
+    shards = len(grid.grid(P))  # shard 0 of as many shards as cells holds the first cell only
+    cell = grid.cell_dir(RunPaths(copy), grid.grid(P)[0])
     before = json.loads((cell / "train_config.json").read_text())
     shutil.rmtree(cell)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}

@@ -6,14 +6,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ift_utils import study
 from ift_utils.config import load_params
+from ift_utils.paths import RunPaths, cached_frame
 from ift_utils.records import MCQ
+from ift_utils.stages import evaluation as evaluation_stage
+from ift_utils.stages import grid, shared
+from ift_utils.stages import probe as probe_stage
+from ift_utils.stages import training as training_stage
 
 
 def test_grid_and_shards_cover_every_cell_once():
     P = load_params(None, {"ratios": [0, 0.5, 1], "seeds": [0, 1], "extra_groups": ["harmonious", "contextualized"]})
-    cells = study.grid(P)
+    cells = grid.grid(P)
     assert len(cells) == len(P.domains) * 6 * 2  # 3 ratios, 2 extra groups, the general_only control
     assert ("general_only", "general_only") in {(c.condition, c.group) for c in cells}
     assert not any(c.group == "no_ift" for c in cells)  # nothing to train: scored in stage 04
@@ -21,7 +25,7 @@ def test_grid_and_shards_cover_every_cell_once():
     assert ("ratio_0", "incompatible") in groups and ("ratio_1", "self_aligning") in groups
     assert ("ratio_0.5", "mixture") in groups and ("harmonious", "harmonious") in groups
     assert all(math.isnan(c.ratio) for c in cells if c.group in ("harmonious", "contextualized"))
-    shards = [study.my_cells(load_params(None, {"ratios": [0, 0.5, 1], "seeds": [0, 1], "num_shards": 3,
+    shards = [grid.my_cells(load_params(None, {"ratios": [0, 0.5, 1], "seeds": [0, 1], "num_shards": 3,
                                                 "shard_index": i})) for i in range(3)]
     assert sorted(c.key for s in shards for c in s) == sorted(c.key for c in cells)
 
@@ -34,18 +38,18 @@ def test_cached_frame_recomputes_when_key_changes(tmp_path):
         return pd.DataFrame({"x": [v]})
 
     p = tmp_path / "f.jsonl"
-    assert study.cached_frame(p, {"k": 1}, lambda: compute(1))["x"][0] == 1
-    assert study.cached_frame(p, {"k": 1}, lambda: compute(2))["x"][0] == 1  # reused
-    assert study.cached_frame(p, {"k": 2}, lambda: compute(3))["x"][0] == 3  # key changed
+    assert cached_frame(p, {"k": 1}, lambda: compute(1))["x"][0] == 1
+    assert cached_frame(p, {"k": 1}, lambda: compute(2))["x"][0] == 1  # reused
+    assert cached_frame(p, {"k": 2}, lambda: compute(3))["x"][0] == 3  # key changed
     p.with_suffix(".key.json").unlink()  # a crash between data and key: recomputed, never trusted
-    assert study.cached_frame(p, {"k": 2}, lambda: compute(4))["x"][0] == 4
+    assert cached_frame(p, {"k": 2}, lambda: compute(4))["x"][0] == 4
     assert calls == [1, 3, 4]
 
 
 def test_train_method_auto_is_lora_on_cpu():
     P = load_params(None, {"device": "cpu"})
-    assert study.train_method(P) == "lora"
-    assert study.train_config(P, 3).seed == 3
+    assert grid.train_method(P) == "lora"
+    assert training_stage.train_config(P, 3).seed == 3
 
 
 def test_eval_epochs_must_be_within_the_run_and_reach_training():
@@ -56,41 +60,41 @@ def test_eval_epochs_must_be_within_the_run_and_reach_training():
     with pytest.raises(ParamError, match="eval_epochs"):
         load_params(None, {"epochs": 3, "eval_epochs": [1, 10]})
     P = load_params(None, {"epochs": 3, "eval_epochs": [1, 3]})
-    assert study.train_config(P, 0).save_epochs == (1,)  # the last epoch is the final model itself
-    paths = study.RunPaths(Path("/run"))
-    cell = study.Cell("d", "ratio_0", "incompatible", 0.0, 0)
-    assert [e for e, _ in study.eval_targets(P, paths, cell)] == [1.0, 3.0]
-    assert study.eval_targets(P, paths, cell)[0][1] == Path("/run/train/d/ratio_0/seed0/epochs/epoch1/adapter")
+    assert training_stage.train_config(P, 0).save_epochs == (1,)  # the last epoch is the final model itself
+    paths = RunPaths(Path("/run"))
+    cell = grid.Cell("d", "ratio_0", "incompatible", 0.0, 0)
+    assert [e for e, _ in evaluation_stage.eval_targets(P, paths, cell)] == [1.0, 3.0]
+    assert evaluation_stage.eval_targets(P, paths, cell)[0][1] == Path("/run/train/d/ratio_0/seed0/epochs/epoch1/adapter")
 
 
 def test_precision_follows_the_training_method():
-    assert study.precision_of(load_params(None, {"device": "cpu", "train_method": "qlora"})).startswith("nf4")
-    assert study.precision_of(load_params(None, {"device": "cpu", "train_method": "lora"})) == "fp32"
+    assert shared.precision_of(load_params(None, {"device": "cpu", "train_method": "qlora"})).startswith("nf4")
+    assert shared.precision_of(load_params(None, {"device": "cpu", "train_method": "lora"})) == "fp32"
 
 
 def test_answers_and_rows_pair_each_question_with_the_base_probe():
-    cell = study.Cell("d", "ratio_0", "incompatible", 0.0, 1)
+    cell = grid.Cell("d", "ratio_0", "incompatible", 0.0, 1)
     base = pd.DataFrame({"domain": ["d"] * 3, "id": [1, 2, 3], "probs": [[.9, .1], [.2, .8], [.6, .4]],
                          "correct": [True, False, True]})
     ft = pd.DataFrame({"domain": ["d"] * 3, "id": [3, 1, 2], "probs": [[.1, .9], [.8, .2], [.5, .5]],
                        "correct": [False, True, False]})
-    ans = study.answer_rows(cell, "HOMO", base, ft, "m", 3.0)
+    ans = evaluation_stage.answer_rows(cell, "HOMO", base, ft, "m", 3.0)
     assert ans.sort_values("id")[["correct", "base_correct"]].to_numpy().tolist() == [[1, 1], [0, 0], [0, 1]]
-    row = study.base_ft_rows(cell, "HOMO", base, ft, "m", 3.0)
+    row = evaluation_stage.base_ft_rows(cell, "HOMO", base, ft, "m", 3.0)
     assert row["epoch"] == 3.0 and math.isclose(row["ft_acc"], 1 / 3) and math.isclose(row["base_acc"], 2 / 3)
 
 
 def test_final_only_keeps_final_models_and_the_no_ift_control():
     P = load_params(None, {"epochs": 3, "eval_epochs": [1]})
-    t = pd.DataFrame({"group": ["incompatible", "incompatible", study.NO_IFT], "epoch": [1.0, 3.0, 0.0]})
-    assert study.final_only(P, t)["epoch"].tolist() == [3.0, 0.0]
+    t = pd.DataFrame({"group": ["incompatible", "incompatible", grid.NO_IFT], "epoch": [1.0, 3.0, 0.0]})
+    assert evaluation_stage.final_only(P, t)["epoch"].tolist() == [3.0, 0.0]
 
 
 def test_permuted_options_map_back_to_the_original_order():
     q = MCQ(id=7, question="q?", choices=("a", "b", "c", "d"), answer=2)
-    p, order = study.permuted(q, "s")
+    p, order = probe_stage.permuted(q, "s")
     assert [q.choices[i] for i in order] == list(p.choices) and p.choices[p.answer] == "c"
-    assert study.permuted(q, "s") == (p, order)  # seeded
+    assert probe_stage.permuted(q, "s") == (p, order)  # seeded
 
 
 def test_robust_labels_need_the_same_answer_under_every_prompt():
@@ -98,26 +102,26 @@ def test_robust_labels_need_the_same_answer_under_every_prompt():
                           "confidence": [.9, .9, .9, .3, .9], "correct": [True, False, False, False, True],
                           "pred": [0, 1, 1, 2, 0],
                           "variant_preds": [[0, 0, 0], [1, 1, 1], [1, 2, 1], [2, 2, 2], [0, 3, 0]]})
-    t = study.belief_labels(train, 0.5)
+    t = probe_stage.belief_labels(train, 0.5)
     assert t["single"].tolist() == ["known", "wrong", "wrong", "unsure", "known"]
     assert t["robust"].tolist() == ["known", "wrong", "unstable", "wrong", "unstable"]
     assert t["belief"].tolist() == ["known", "wrong", "unstable", "unsure", "unstable"]
-    one = study.belief_labels(train.drop(columns="variant_preds"), 0.5)  # one prompt: the paper's rule
+    one = probe_stage.belief_labels(train.drop(columns="variant_preds"), 0.5)  # one prompt: the paper's rule
     assert one["belief"].tolist() == one["single"].tolist()
-    agree = study.label_agreement(train.assign(split="train", probe_domain="d"), 0.5)
+    agree = probe_stage.label_agreement(train.assign(split="train", probe_domain="d"), 0.5)
     assert agree["n"].sum() == 5 and len(agree) == 5
 
 
 def test_bos_follows_the_original_per_test_set_in_paper_mode_only():
     plain = load_params(None, {})
-    assert all(study.ft_spec(plain, t).bos for t in ("HOMO", "ID", "OOD", "TRAIN"))
+    assert all(shared.ft_spec(plain, t).bos for t in ("HOMO", "ID", "OOD", "TRAIN"))
     paper = load_params(None, {"prompt_style": "paper", "id_ood_source": "mmlu"})
-    assert study.ft_spec(paper, "HOMO").bos and study.ft_spec(paper, study.FIT_SET).bos
-    assert not study.ft_spec(paper, "ID").bos and not study.ft_spec(paper, "OOD").bos
+    assert shared.ft_spec(paper, "HOMO").bos and shared.ft_spec(paper, grid.FIT_SET).bos
+    assert not shared.ft_spec(paper, "ID").bos and not shared.ft_spec(paper, "OOD").bos
 
 
 def test_the_pools_and_the_label_table_apply_one_belief_rule():
-    """Stage 02's pools (interventions.split_by_belief) and notebook 01's label table (study.belief_labels) read
+    """Stage 02's pools (interventions.split_by_belief) and notebook 01's label table (probe_stage.belief_labels) read
     the same probe: a fact is in the harmonious (incompatible) pool exactly when its label is known (wrong)."""
     from ift_utils.interventions import split_by_belief
 
@@ -130,7 +134,7 @@ def test_the_pools_and_the_label_table_apply_one_belief_rule():
                           "confidence": rng.uniform(.2, 1, n), "popularity": 1.0, "variant_preds": variants})
     qs = [MCQ(id=i, question=f"q{i}?", choices=("a", "b", "c", "d"), answer=int(a)) for i, a in enumerate(answer)]
     pools = split_by_belief(qs, probe, 0.5)
-    labels = study.belief_labels(probe, 0.5).set_index("id")["belief"]
+    labels = probe_stage.belief_labels(probe, 0.5).set_index("id")["belief"]
     assert sorted(q.id for q, _ in pools["harmonious_pool"]) == sorted(labels.index[labels == "known"])
     assert sorted(q.id for q, _ in pools["incompatible_pool"]) == sorted(labels.index[labels == "wrong"])
     assert sorted(pools["unstable"]) == sorted(labels.index[labels == "unstable"])

@@ -1,0 +1,209 @@
+"""Stage 04 (notebooks/04_evaluation.ipynb): score the no_ift control and every trained cell, at each kept
+epoch, 0-shot on its domain's test sets and on its own training questions; tables of accuracy, knowledge
+consistency against the base probe, every scored answer and each cell's fit."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ift_utils.io import read_json, read_jsonl
+from ift_utils.paths import RunPaths, cached_frame
+from ift_utils.probing import score_mcqs
+from ift_utils.records import MCQ
+from ift_utils.stages.grid import FIT_SET, NO_IFT, Cell, cell_dir, device_of, group_file, train_method
+from ift_utils.stages.shared import ENCODER, ft_spec, load_study_base, read_probe, test_questions
+
+log = logging.getLogger(__name__)
+
+
+def base_ft_rows(cell: Cell, test_set: str, base: pd.DataFrame, ft: pd.DataFrame, model: str,
+                 epoch: float = math.nan) -> dict:
+    """One row of the tidy evaluation table: accuracies and knowledge consistency for a cell and test set."""
+    from ift_utils.metrics import accuracy_ci, consistency
+
+    merged = base.merge(ft, on=["domain", "id"], suffixes=("_base", "_ft"), validate="one_to_one")
+    cons = consistency(merged["probs_base"].tolist(), merged["probs_ft"].tolist())
+    acc, lo, hi = accuracy_ci(merged["correct_ft"].astype(bool).to_numpy())
+    base_acc = float(merged["correct_base"].astype(bool).mean())
+    return {"model": model, "domain": cell.domain, "condition": cell.condition, "group": cell.group,
+            "ratio": cell.ratio, "seed": cell.seed, "epoch": epoch, "test_set": test_set, "n": len(merged),
+            "base_acc": base_acc, "ft_acc": acc, "ft_acc_lo": lo, "ft_acc_hi": hi, "acc_diff": acc - base_acc,
+            "kl": cons["kl"], "rank_corr": cons["rank_corr"]}
+
+
+def answer_rows(cell: Cell, test_set: str, base: pd.DataFrame, ft: pd.DataFrame, model: str,
+                epoch: float) -> pd.DataFrame:
+    """Every scored answer of a cell on one test set, beside the base probe's (the verdict's question-level input)."""
+    merged = base.merge(ft, on=["domain", "id"], suffixes=("_base", "_ft"), validate="one_to_one")
+    return pd.DataFrame({"model": model, "domain": cell.domain, "condition": cell.condition, "group": cell.group,
+                         "ratio": cell.ratio, "seed": cell.seed, "epoch": epoch, "test_set": test_set,
+                         "id": merged["id"].to_numpy(), "correct": merged["correct_ft"].astype(int).to_numpy(),
+                         "base_correct": merged["correct_base"].astype(int).to_numpy()})
+
+
+class AdapterSwapper:
+    """Keeps one base model in memory and swaps LoRA adapters on it (no reload per cell)."""
+
+    def __init__(self, base):
+        self.base, self.model, self.current = base, None, None
+
+    def activate(self, adapter_dir: Path):
+        from peft import PeftModel
+
+        name = "a" + str(abs(hash(str(adapter_dir))))
+        if name == self.current:
+            return self.model
+        if self.model is None:
+            self.model = PeftModel.from_pretrained(self.base, adapter_dir, adapter_name=name)
+        else:
+            self.model.load_adapter(adapter_dir, adapter_name=name)
+            self.model.set_adapter(name)
+            self.model.delete_adapter(self.current)
+        self.current = name
+        self.model.eval()
+        return self.model
+
+
+def eval_targets(P, paths: RunPaths, cell: Cell) -> list[tuple[float, Path]]:
+    """(epoch, weights folder) to evaluate for a finished cell: the checkpoints `eval_epochs` asked training to
+    keep (earlier than the last epoch), then the final model."""
+    out = cell_dir(paths, cell)
+    name = "model" if train_method(P) == "full" else "adapter"
+    earlier = [(float(e), out / "epochs" / f"epoch{e}" / name) for e in P.eval_epochs if e < P.epochs]
+    return [*earlier, (float(P.epochs), out / name)]
+
+
+def fit_items(paths: RunPaths, cell: Cell) -> list[dict]:
+    """The cell's own training questions with their targets (empty for general_only and no_ift)."""
+    from ift_utils.interventions import example_mcq
+
+    path = group_file(paths, cell)
+    if cell.group in (NO_IFT, "general_only") or not path.exists():
+        return []
+    return [{"mcq": example_mcq(ex), "target": int(ex["target"]), "own": int(ex["pred"])} for ex in read_jsonl(path)]
+
+
+def score_cell(scorer_model, tok, cell: Cell, P, paths: RunPaths, tests: dict[str, list[MCQ]], base: pd.DataFrame,
+               epoch: float, key_extra: dict) -> tuple[list[dict], pd.DataFrame, dict | None]:
+    """Score one model (a cell at one epoch, or the no_ift control) on HOMO/ID/OOD and on its own training
+    questions (cached per cell and epoch); return its evaluation rows, its answers and its fit row."""
+    tag = "" if epoch == float(P.epochs) or cell.group == NO_IFT else f".epoch{epoch:g}"
+    name = NO_IFT if cell.group == NO_IFT else f"{cell.condition}/seed{cell.seed}{tag}"
+    out = paths.eval / cell.domain / f"{name}.jsonl"
+    items = fit_items(paths, cell)
+    sets = {**tests, FIT_SET: [it["mcq"] for it in items]}
+    key = {"cell": cell.key, "epoch": epoch, "spec": [P.scoring, P.chat_template, P.prompt_style], "encoder": ENCODER,
+           **key_extra,
+           "questions": {t: [q.to_json() for q in qs] for t, qs in sets.items()}}
+
+    def compute() -> pd.DataFrame:
+        frames = []
+        for t, qs in sets.items():
+            if qs:
+                f = score_mcqs(scorer_model, tok, qs, ft_spec(P, t), max_batch=P.batch_size_eval,
+                               desc=f"eval {cell.key} e{epoch:g} {t}")
+                frames.append(f.assign(test_set=t))
+        return pd.concat(frames, ignore_index=True)
+
+    scored = cached_frame(out, key, compute)
+    rows, answers = [], []
+    cols = ["domain", "id", "probs", "correct"]
+    for t in tests:
+        ft = scored[scored["test_set"] == t][cols]
+        b = base[(base["probe_domain"] == cell.domain) & (base["split"] == t)][cols]
+        if len(ft):
+            rows.append(base_ft_rows(cell, t, b, ft, P.model, epoch))
+            answers.append(answer_rows(cell, t, b, ft, P.model, epoch))
+    fit = None
+    if items:
+        preds = scored[scored["test_set"] == FIT_SET]["pred"].to_numpy()
+        fit = {"model": P.model, "domain": cell.domain, "condition": cell.condition, "group": cell.group,
+               "ratio": cell.ratio, "seed": cell.seed, "epoch": epoch, "n": len(items),
+               "fit": float(np.mean([p == it["target"] for p, it in zip(preds, items, strict=True)])),
+               "gold": float(np.mean([p == it["mcq"].answer for p, it in zip(preds, items, strict=True)])),
+               "own": float(np.mean([p == it["own"] for p, it in zip(preds, items, strict=True)]))}
+    return rows, (pd.concat(answers, ignore_index=True) if answers else pd.DataFrame()), fit
+
+
+@dataclass
+class Evaluation:
+    """Stage 04's tables: one row per cell × epoch × test set, every scored answer, and each cell's fit on its
+    own training questions."""
+
+    table: pd.DataFrame
+    answers: pd.DataFrame
+    fit: pd.DataFrame
+    precision: str
+    missing: list[str]
+
+
+def _load_full(folder: Path, device: str):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True).to(device)
+    model.eval()
+    return model
+
+
+def evaluate_all(P, paths: RunPaths, cells: list[Cell]) -> Evaluation:
+    """Score the no_ift control and every finished cell (at each kept epoch) on its domain's HOMO/ID/OOD sets
+    and on its own training questions.
+
+    The base network is loaded once as training used it; LoRA/QLoRA adapters are swapped on it, full fine-tunes
+    are loaded one by one. The no_ift control is that same network with no adapter, scored first."""
+    from ift_utils.training import is_done
+
+    method = train_method(P)
+    base_probe = read_probe(paths, P.domains)
+    base_model, tok, precision = load_study_base(P)
+    tests = {d: test_questions(paths, d) for d in P.domains}
+    rows, answers, fits, missing = [], [], [], []
+    if NO_IFT in P.controls:
+        for d in P.domains:
+            r, a, _ = score_cell(base_model, tok, Cell(d, NO_IFT, NO_IFT, math.nan, -1), P, paths, tests[d],
+                                 base_probe, 0.0, {"precision": precision})
+            rows += r
+            answers.append(a)
+    swapper = None
+    if method != "full":
+        swapper = AdapterSwapper(base_model)
+    else:
+        del base_model
+    for cell in cells:
+        out = cell_dir(paths, cell)
+        if not is_done(out):
+            missing.append(cell.key)
+            continue
+        trained = read_json(out / "train_result.json")
+        for epoch, folder in eval_targets(P, paths, cell):
+            if not folder.exists():
+                log.warning("%s: no checkpoint for epoch %g at %s (trained before eval_epochs asked for it?)",
+                            cell.key, epoch, folder)
+                continue
+            model = _load_full(folder, device_of(P)) if swapper is None else swapper.activate(folder)
+            r, a, f = score_cell(model, tok, cell, P, paths, tests[cell.domain], base_probe, epoch,
+                                 {"trained": trained})
+            rows += r
+            answers.append(a)
+            if f is not None:
+                fits.append(f)
+    if missing:
+        log.warning("%d cell(s) not trained yet (other shards?): %s", len(missing), ", ".join(missing[:10]))
+    answers = [a for a in answers if len(a)]
+    return Evaluation(pd.DataFrame(rows), pd.concat(answers, ignore_index=True) if answers else pd.DataFrame(),
+                      pd.DataFrame(fits), precision, missing)
+
+
+def final_only(P, frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the final models and the no_ift control (drops earlier `eval_epochs` checkpoints)."""
+    if "epoch" not in frame:
+        return frame
+    return frame[(frame["epoch"] == float(P.epochs)) | (frame["group"] == NO_IFT)].reset_index(drop=True)
+
