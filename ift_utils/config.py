@@ -80,6 +80,8 @@ class StudyParams(BaseModel):
     extra_groups: list[Literal["harmonious", "contextualized"]] = Field(
         default_factory=lambda: ["harmonious", "contextualized"])
     max_per_group: int | None = Field(48, ge=1, description="cap on domain examples per group (None = no cap)")
+    fit_dev: int = Field(48, ge=0, le=100_000, description="training questions of the domain that no group of a "
+                         "replicate trains on, held out per replicate: training's early-stopping slice")
     general_ratio: float = Field(1.0, ge=0.0, le=10.0, description="general instruction examples per domain example")
     general_data: str | None = Field(None, description="alpaca-format JSON file; None = generated offline tasks")
     explanations: Literal["model", "template"] = Field(

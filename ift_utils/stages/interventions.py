@@ -4,6 +4,7 @@ the compared training sets differ only in the intervention, and write each condi
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import pandas as pd
@@ -36,6 +37,21 @@ def general_pool(P, n: int, seed: int) -> tuple[list[dict], dict]:
                             in P.controls else ")"))
     random.Random(f"general:{seed}").shuffle(tasks)
     return tasks[:n], {**report.as_dict(), "seed": seed, "n": n}
+
+
+def general_seed(data_seed: int, domain: str) -> int:
+    """The general data's seed for one domain's replicate: each (domain, replicate) draws its own general tasks, so
+    each domain's `general_only` cell is a run of its own and counts once in the verdict."""
+    return int.from_bytes(hashlib.sha256(f"general/{domain}/{data_seed}".encode()).digest()[:8], "big") >> 1
+
+
+def fit_dev_slice(train: list[MCQ], groups, data_seed: int, n: int) -> list[MCQ]:
+    """`n` training questions of the domain that no group of this replicate trains on, in a seeded order: the
+    held-out slice of the same relation on which training picks its early-stopping epoch."""
+    used = {ex["id"] for _, examples in groups.items() for ex in examples}
+    rest = [q for q in train if q.id not in used]
+    random.Random(f"fit_dev:{data_seed}").shuffle(rest)
+    return rest[:n]
 
 
 def cell_examples(P, groups, name: str, general: list[dict], tok, seed: int) -> list[dict]:
@@ -136,20 +152,23 @@ def build_domain_groups(P, paths: RunPaths, model, tok, domain: str, probe: pd.D
         data_seed = replicate_seed(P.data_seed, seed)
         n = len(g.incompatible)
         k = round(P.general_ratio * n)
-        general, general_report = general_pool(P, n + k if GENERAL_ONLY in P.controls else k, data_seed)
+        general, general_report = general_pool(P, n + k if GENERAL_ONLY in P.controls else k,
+                                               general_seed(data_seed, domain))
         cells = {name: cell_examples(P, g, name, general, tok, data_seed) for name, _, _ in conditions(P)}
         problems = check_cells(cells, [general_example(t, P.chat_template, tok) for t in general[:k]], n)
         if problems:
             raise AssertionError(f"{where}: training-set checks failed:\n  " + "\n  ".join(problems))
         folder = paths.groups / domain / f"rep{seed}"
         write_groups(g, folder)
+        dev = fit_dev_slice(train, g, data_seed, P.fit_dev)
+        write_jsonl(folder / "fit_dev.jsonl", [q.to_json() for q in dev])
         for name, examples in cells.items():
             write_jsonl(folder / f"{name}.chat.jsonl", examples)
         reps_row = {"domain": domain, "rep": seed}
         cards.append(card(g, mode=P.scoring).assign(**reps_row))
         tables.append(table.assign(**reps_row))
         out[seed] = {"groups": g, "report": g.report, "data_seed": data_seed, "general": general_report,
-                     "train_sizes": {name: len(v) for name, v in cells.items()},
+                     "train_sizes": {name: len(v) for name, v in cells.items()}, "fit_dev": len(dev),
                      "shared_with_first_rep": len(first & {ex["id"] for ex in g.incompatible})}
 
     def keyed(frames: list[pd.DataFrame]) -> pd.DataFrame:
