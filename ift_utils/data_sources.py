@@ -226,11 +226,13 @@ def _mmlu_for_study(P) -> tuple[dict[str, list[MCQ]], dict[str, list[MCQ]], list
 
 
 def load_study_data(P) -> dict[str, DomainData]:
-    """Assemble every domain's splits and HOMO/ID/OOD test sets from the params (`StudyParams`).
+    """Assemble every domain's splits and HOMO/ID/OOD (and XD) test sets from the params (`StudyParams`).
 
-    k-shot demos never come from a scored question: a domain's dev split, the facts suite's `id_dev` for its
-    ID relation, MMLU's dev split where the source has one, else the first k questions of the subject, which are
-    then left out of the sample. A test set smaller than asked is recorded in `DomainData.shortfalls` and
+    With `id_ood_source: facts`, OOD is the facts suite's unrelated relation (country -> currency, the same
+    n_ood questions for every domain) and XD (`cross_test`) a seeded sample of n_ood of the other domains' HOMO
+    questions; paper mode (`mmlu`) is unchanged and has no XD. k-shot demos never come from a scored question: a
+    domain's dev split, the facts suite's `id_dev` / `ood_dev` for its ID / OOD relation, MMLU's dev split where
+    the source has one, else the first k questions of the subject, which are then left out of the sample. A test set smaller than asked is recorded in `DomainData.shortfalls` and
     logged as a warning; an empty HOMO test set is an error."""
     reports: list[RowReport] = []
     k = P.k_shot

@@ -23,6 +23,12 @@ model or template) and `explanation_status` (see `explanations`).
 Questions are identified within a split by source and id (`question_key`: domain, subject, id) and across
 splits by their normalized text and options (`question_text_key`), so the leak check neither confuses equal
 ids of two files nor misses one question stored under two ids. Replicates draw their own facts: `replicate_seed`.
+
+Explanation leaks (`explanation_table`) are counted by two rules over the ID/OOD/XD test questions: the answer
+rule (`leaked_answers`: the explanation names a test gold answer other than its own response's answer) and the
+fact rule (`leaked_facts`: it names a test question's entity together with that question's gold answer). The
+training answer itself is exempt from the first because answers repeat across entities (that is the answer
+treatment, measured by `answer_table`), and counted by the second only when tied to a test entity.
 """
 
 from __future__ import annotations
