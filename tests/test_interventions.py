@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +18,9 @@ from hypothesis import strategies as st
 from ift_utils.config import load_params
 from ift_utils.explanations import Explanation
 from ift_utils.interventions import (
+    answer_entropy,
     answer_index,
+    answer_table,
     attach_explanations,
     build_groups,
     card,
@@ -25,13 +28,18 @@ from ift_utils.interventions import (
     check_groups,
     context_problem,
     explanation_table,
+    fact_index,
     leaked_answers,
+    leaked_facts,
+    match_by_answer,
     mix_general,
     needed_explanations,
     ratio_name,
     replicate_seed,
     split_by_belief,
     to_chat_examples,
+    trained_answers,
+    tv_distance,
     write_groups,
 )
 from ift_utils.io import read_jsonl, write_jsonl
@@ -304,13 +312,17 @@ def test_attach_keeps_data_explanations_and_records_sources() -> None:
         attach_explanations(g, {}, {})
 
 
-def test_leaked_answers_whole_words_folded_and_not_own_options() -> None:
-    index = answer_index(["Kigali", "New Delhi", "US", "a", "Nairobi"])
-    ex = {"question": "In which country is the city of Musanze?", "choices": ["Rwanda", "Kenya", "Nairobi", "Uganda"]}
+def test_leaked_answers_whole_words_folded_and_not_own_answer() -> None:
+    index = answer_index(["Kigali", "New Delhi", "US", "a", "Nairobi", "Rwanda"])
+    ex = {"question": "In which country is the city of Musanze?", "choices": ["Rwanda", "Kenya", "Nairobi", "Uganda"],
+          "target": 0}
     assert leaked_answers({**ex, "explanation": "Musanze is a city in Rwanda, whose capital is KIGALI."}, index) \
         == ["Kigali"]
     assert leaked_answers({**ex, "explanation": "Not Kigalian, not newdelhi; near new  delhi."}, index) == ["New Delhi"]
-    assert leaked_answers({**ex, "explanation": "Nairobi is close."}, index) == []  # its own option
+    assert leaked_answers({**ex, "explanation": "Musanze is in Rwanda."}, index) == []  # its own answer
+    assert leaked_answers({**ex, "explanation": "Nairobi is close."}, index) == ["Nairobi"]  # another option counts
+    no_target = {k: v for k, v in ex.items() if k != "target"}
+    assert leaked_answers({**no_target, "explanation": "Nairobi is close."}, index) == []  # old rule: any option
     assert leaked_answers({**ex, "explanation": "It is a city."}, index) == []      # one-letter answers ignored
     us = {"question": "In which US state is the city of Kapolei?", "choices": ["Hawaii", "Oregon", "Utah", "Idaho"]}
     assert leaked_answers({**us, "explanation": "Kapolei is a city in the US state of Hawaii."}, index) == []
@@ -463,3 +475,116 @@ def test_train_and_test_files_that_both_count_from_zero_are_no_leak():
     assert check_groups(groups, train, test) == []
     copy = [mcq(1003, "Train question 4?")]  # a training question stored again under another id: a leak
     assert any("by text and options" in p for p in check_groups(groups, train, copy))
+
+
+def test_entropy_and_tv_by_hand() -> None:
+    assert answer_entropy(["a", "b", "a", "b"]) == pytest.approx(1.0)
+    assert answer_entropy(["a"] * 3) == 0 and math.isnan(answer_entropy([]))
+    assert answer_entropy(["a", "b", "c", "d"]) == pytest.approx(2.0)
+    assert tv_distance(["a", "a", "b", "b"], ["a", "b", "b", "b"]) == pytest.approx(0.25)
+    assert tv_distance(["a"], ["b"]) == 1 and tv_distance(["a", "b"], ["b", "a"]) == 0
+    assert math.isnan(tv_distance([], ["a"]))
+
+
+def test_match_by_answer_same_answers_then_nearest_frequency() -> None:
+    import random
+    from collections import Counter
+
+    pool = [("China", i) for i in range(10)] + [("Peru", i) for i in range(2)] + [("Chile", i) for i in range(3)] \
+        + [("Fiji", 0), ("Laos", 0)]
+    targets = ["Peru"] * 3 + ["Fiji"] + ["Togo"] * 2
+    freq = Counter({"Peru": 4, "Togo": 3, "Chile": 3, "China": 40, "Fiji": 1, "Laos": 1})
+    got = match_by_answer(pool, targets, lambda it: it[0], random.Random(0), freq)
+    answers = Counter(a for a, _ in got)
+    assert len(got) == 6 and answers["Peru"] == 2 and answers["Fiji"] == 1  # every same answer the pool has
+    assert answers["Chile"] == 3 and "China" not in answers  # open slots: the nearest frequency (Chile: 3)
+    assert got == sorted(got, key=pool.index)  # pool order kept
+    assert match_by_answer(pool, targets, lambda it: it[0], random.Random(0), freq) == got  # seeded
+    assert len(match_by_answer(pool[:2], targets, lambda it: it[0], random.Random(0))) == 2
+
+
+def _answer_data(n: int = 400, seed: int = 0):
+    """Training questions with a skewed gold-answer mix, and a probe in which the model knows the popular answers
+    (the pattern of the real probe: harmonious facts have popular answers, incompatible facts others)."""
+    import random
+
+    rng = random.Random(seed)
+    names = [f"Land{i}" for i in range(30)]
+    weights = [1 / (i + 1) for i in range(30)]
+    train, rows = [], []
+    for qid in range(n):
+        gold = rng.choices(names, weights)[0]
+        others = rng.sample([x for x in names if x != gold], 3)
+        pos = qid % 4
+        choices = tuple(others[:pos] + [gold] + others[pos:])
+        train.append(MCQ(qid, f"Where is town {qid}?", choices, pos, domain="d"))
+        known = rng.random() < (0.95 if names.index(gold) < 5 else 0.6)
+        pred = pos if known else (pos + 1) % 4
+        rows.append({"id": qid, "pred": pred, "correct": pred == pos, "confidence": 0.9})
+    return train, pd.DataFrame(rows)
+
+
+def test_build_groups_matches_harmonious_answers_to_incompatible() -> None:
+    train, probe = _answer_data()
+    g = build_groups(train, probe, seed=3, ratios=[0, 1], max_per_group=48)
+    plain = build_groups(train, probe, seed=3, ratios=[0, 1], max_per_group=48, match_answers=False)
+    r = g.report
+    assert r["match_answers"] and r["answer_tv_matched"] < r["answer_tv_random"] / 2
+    assert plain.report["answer_tv_random"] == r["answer_tv_random"]  # the old draw is still reachable
+    assert tv_distance([ex["choices"][ex["answer"]] for ex in plain.harmonious],
+                       [ex["choices"][ex["answer"]] for ex in g.incompatible]) == pytest.approx(r["answer_tv_random"])
+    assert tv_distance([ex["choices"][ex["answer"]] for ex in g.harmonious],
+                       [ex["choices"][ex["answer"]] for ex in g.incompatible]) == pytest.approx(r["answer_tv_matched"])
+    assert len(g.harmonious) == len(g.incompatible) and not check_groups(g, train, [])
+    assert build_groups(train, probe, seed=3, ratios=[0, 1], max_per_group=48).harmonious == g.harmonious
+    table = answer_table(g, train[:100]).set_index("group")
+    assert table.loc["incompatible", "tv_to_incompatible"] == 0
+    assert table.loc["harmonious", "tv_to_incompatible"] == pytest.approx(r["answer_tv_matched"])
+    assert table.loc["harmonious", "entropy_bits"] > answer_entropy(
+        [ex["choices"][ex["answer"]] for ex in plain.harmonious])  # matched harmonious answers are spread
+    assert set(table.columns) >= {"n", "distinct_answers", "entropy_bits", "tv_to_homo_test"}
+    assert trained_answers(g.self_aligning) == {ex["choices"][ex["pred"]] for ex in g.self_aligning}
+
+
+def test_fact_rule_fires_on_a_planted_leak_not_on_clean_templates() -> None:
+    from ift_utils.data_facts import build_facts_suite
+    from ift_utils.explanations import template_explanation
+
+    suite = build_facts_suite(seed=0, n_train=60, n_test=30, n_id=30, n_ood=30)
+    tests = [q for sp in suite.values() for s in ("test", "id_test", "ood_test") for q in sp[s]]
+    facts = fact_index(tests)
+    for d, sp in suite.items():
+        probe = pd.DataFrame([{"id": q.id, "pred": (q.answer + (q.id % 2)) % 4, "correct": q.id % 2 == 0,
+                               "confidence": 0.9} for q in sp["train"]])
+        g = build_groups(sp["train"], probe, seed=0, ratios=[0.5])
+        need = needed_explanations(g)
+        g = attach_explanations(g, {q.id: template_explanation(q, c) for q, c in need["gold"]},
+                                {q.id: template_explanation(q, c) for q, c in need["self"]})
+        table = explanation_table(g, tests)
+        assert table["leaking"].sum() == 0 and table["leaking_fact"].sum() == 0, d  # clean templates
+        # planted: a template that also states a test fact about another entity (whose answer is the training one)
+        test_q = next(q for q in sp["test"] if q.choices[q.answer] in {ex["choices"][ex["target"]]
+                                                                       for ex in g.incompatible})
+        answer = test_q.choices[test_q.answer]
+        planted = {**g.incompatible[0]}
+        for ex in g.incompatible:
+            if ex["choices"][ex["target"]] == answer:
+                planted = {**ex}
+                break
+        planted["explanation"] += f" So is {test_q.raw['entity']}, also in {answer}."
+        assert leaked_answers(planted, answer_index([answer])) == []  # the answer rule cannot see it
+        assert leaked_facts(planted, facts) == [f"{' '.join(_w(test_q.raw['entity']))} → {' '.join(_w(answer))}"]
+        leaky = replace(g, incompatible=[planted, *g.incompatible[1:]])
+        row = explanation_table(leaky, tests).set_index("group").loc["incompatible"]
+        assert row["leaking_fact"] == 1 and row["leaking_fact_template"] == 1 and row["leaking"] == 0
+    ood_q = tests[-1]  # an OOD fact (a country's currency) stated by a model explanation
+    ex = {**g.incompatible[0], "explanation": f"Unlike {ood_q.raw['entity']}, which pays in "
+                                              f"{ood_q.choices[ood_q.answer]}.", "explanation_source": "model"}
+    assert leaked_facts(ex, facts) and leaked_answers(ex, answer_index([ood_q.choices[ood_q.answer]]))
+    assert explanation_table(replace(g, incompatible=[ex]), [ood_q.choices[ood_q.answer]])["leaking_fact"].sum() == 0
+
+
+def _w(text: str) -> tuple[str, ...]:
+    from ift_utils.interventions import _words
+
+    return _words(text)

@@ -84,3 +84,57 @@ def test_frame_columns_and_confidence(tiny, questions):
 def test_bad_mode(tiny, questions):
     with pytest.raises(ValueError, match="scoring mode"):
         score_mcqs(*tiny, questions, PromptSpec(mode="logits"))
+
+
+def _facts_questions():
+    """Facts-suite-like questions (the entity recorded in `raw`), with differing options, plus one that is not."""
+    from ift_utils.data_facts import SOURCE
+
+    opts = [("France", "Spain", "Italy", "Germany"), ("Spain", "Portugal", "France", "Andorra"),
+            ("Germany", "Poland", "Czechia", "Austria")]
+    qs = [MCQ(id=i, question=f"In which country is the city of Town{i}?", choices=opts[i % 3], answer=i % 4,
+              subject="geography", raw={"entity": f"Town{i}", "relation": "country", "source": SOURCE})
+          for i in range(6)]
+    return qs + [MCQ(id=99, question="Which is the odd one out?", choices=("2", "4", "7", "8"), answer=2,
+                     subject="geography")]
+
+
+def test_content_free_prompts():
+    from ift_utils.probing import _content_free_set, content_free
+
+    qs = _facts_questions()
+    assert content_free(qs[0]).question == "In which country is the city of N/A?"
+    assert content_free(qs[0]).choices == qs[0].choices and content_free(qs[-1]).question == "N/A"
+    items, index = _content_free_set(qs, "cloze")
+    assert len(items) == 2  # one context per distinct content-free prompt, options as its suffixes
+    assert set(items[0].choices) == {c for q in qs[:6] for c in q.choices} and len(set(items[0].choices)) == 9
+    assert [items[k].choices[i] for k, i in index[1]] == list(qs[1].choices)
+    assert len(_content_free_set(qs, "letter")[0]) == 4  # letter mode: one per distinct option list
+
+
+@pytest.mark.parametrize("two_level", [True, False])
+@pytest.mark.parametrize(("mode", "template"), [("cloze", "none"), ("cloze", "vicuna"), ("letter", "none"),
+                                                ("letter", "vicuna")])
+def test_calibrated_equals_hand_computed(tiny, mode, template, two_level):
+    """probs_cal = softmax(log p(option | prompt) − log p(option | content-free prompt)), the two computed by the
+    reference loop on the question and on its content-free copy."""
+    from ift_utils.probing import calibrated, content_free
+
+    model, tok = tiny
+    qs = _facts_questions()
+    spec = PromptSpec(mode=mode, demos=tuple(qs[:2]) if template == "none" else (), subject="geography",
+                      template=template)
+    fast = score_mcqs(model, tok, qs[2:], spec, max_batch=3, show_progress=False, two_level=two_level,
+                      calibrate=True)
+    ref = score_reference(model, tok, qs[2:], spec)
+    prior = score_reference(model, tok, [content_free(q) for q in qs[2:]], spec)
+    assert np.abs(_probs(fast) - _probs(ref)).max() < 1e-5
+    for row, p, c, q in zip(fast.itertuples(), ref.probs, prior.probs, qs[2:], strict=True):
+        assert np.allclose(row.probs_cf, c, atol=1e-5)
+        want = calibrated(p, c)
+        by_hand = np.exp(np.log(p) - np.log(c)) / np.exp(np.log(p) - np.log(c)).sum()
+        assert np.allclose(want, by_hand)
+        assert np.allclose(row.probs_cal, want, atol=1e-5)
+        assert row.pred_cal == int(np.argmax(want)) and row.correct_cal == (row.pred_cal == q.answer)
+        assert row.confidence_cal == pytest.approx(max(want))
+    assert "probs_cal" not in score_mcqs(model, tok, qs[2:], spec, show_progress=False).columns
