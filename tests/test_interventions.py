@@ -414,7 +414,7 @@ def test_stage_fails_when_a_template_states_a_test_answer(tmp_path: Path, monkey
     P, paths, probe = _run_folder(tmp_path, seeds=[0])
     capitals = [q.choices[q.answer] for q in shared.read_questions(paths, "city_country", "id_test")]
     monkeypatch.setattr(explanations, "template_explanation", lambda q, c: f"Its capital is {capitals[0]}.")
-    with pytest.raises(AssertionError, match="template explanations state the gold answer"):
+    with pytest.raises(AssertionError, match="template explanations state test knowledge"):
         interventions_stage.build_domain_groups(P, paths, None, None, "city_country", probe)
 
 

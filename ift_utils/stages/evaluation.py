@@ -17,7 +17,17 @@ from ift_utils.io import read_json, read_jsonl
 from ift_utils.paths import RunPaths, cached_frame
 from ift_utils.probing import score_mcqs
 from ift_utils.records import MCQ
-from ift_utils.stages.grid import FIT_SET, NO_IFT, Cell, cell_dir, device_of, group_file, train_method
+from ift_utils.stages.grid import (
+    FIT_SET,
+    GENERAL_ONLY,
+    NO_IFT,
+    Cell,
+    cell_dir,
+    conditions,
+    device_of,
+    group_file,
+    train_method,
+)
 from ift_utils.stages.shared import ENCODER, ft_spec, load_study_base, read_probe, test_questions
 
 log = logging.getLogger(__name__)
@@ -45,7 +55,8 @@ def answer_rows(cell: Cell, test_set: str, base: pd.DataFrame, ft: pd.DataFrame,
     return pd.DataFrame({"model": model, "domain": cell.domain, "condition": cell.condition, "group": cell.group,
                          "ratio": cell.ratio, "seed": cell.seed, "epoch": epoch, "test_set": test_set,
                          "id": merged["id"].to_numpy(), "correct": merged["correct_ft"].astype(int).to_numpy(),
-                         "base_correct": merged["correct_base"].astype(int).to_numpy()})
+                         "correct_cal": merged["correct_cal"].astype(int).to_numpy() if "correct_cal" in merged
+                         else np.nan, "base_correct": merged["correct_base"].astype(int).to_numpy()})
 
 
 class AdapterSwapper:
@@ -82,25 +93,61 @@ def eval_targets(P, paths: RunPaths, cell: Cell) -> list[tuple[float, Path]]:
 
 def fit_items(paths: RunPaths, cell: Cell) -> list[dict]:
     """The cell's own training questions with their targets (empty for general_only and no_ift)."""
+    path = group_file(paths, cell)
+    if cell.group in (NO_IFT, GENERAL_ONLY) or not path.exists():
+        return []
+    return _items(path)
+
+
+def _items(path: Path) -> list[dict]:
     from ift_utils.interventions import example_mcq
 
-    path = group_file(paths, cell)
-    if cell.group in (NO_IFT, "general_only") or not path.exists():
-        return []
     return [{"mcq": example_mcq(ex), "target": int(ex["target"]), "own": int(ex["pred"])} for ex in read_jsonl(path)]
 
 
+def fit_sets(P, paths: RunPaths, cell: Cell) -> dict[tuple[str, int], list[dict]]:
+    """{(condition, replicate): items} whose fit this model is scored on: a trained cell its own training facts; a
+    control (no_ift: every replicate, general_only: its own) the facts of every trained condition, so each cell's
+    fit has its baseline, the same facts answered with the same targets by a model that never trained on them."""
+    if cell.group not in (NO_IFT, GENERAL_ONLY):
+        items = fit_items(paths, cell)
+        return {(cell.condition, cell.seed): items} if items else {}
+    seeds = P.seeds if cell.group == NO_IFT else [cell.seed]
+    out = {}
+    for name, group, ratio in conditions(P):
+        if group == GENERAL_ONLY:
+            continue
+        for s in seeds:
+            path = group_file(paths, Cell(cell.domain, name, group, ratio, s))
+            if path.exists():
+                out[(name, s)] = _items(path)
+    return out
+
+
+def trained_answer_texts(paths: RunPaths, cell: Cell) -> set[str] | None:
+    """The answers a cell's domain examples train on (None for the controls, which train on none)."""
+    from ift_utils.interventions import target_text
+
+    path = group_file(paths, cell)
+    if cell.group in (NO_IFT, GENERAL_ONLY) or not path.exists():
+        return None
+    return {target_text(ex) for ex in read_jsonl(path)}
+
+
 def score_cell(scorer_model, tok, cell: Cell, P, paths: RunPaths, tests: dict[str, list[MCQ]], base: pd.DataFrame,
-               epoch: float, key_extra: dict) -> tuple[list[dict], pd.DataFrame, dict | None]:
-    """Score one model (a cell at one epoch, or the no_ift control) on HOMO/ID/OOD and on its own training
-    questions (cached per cell and epoch); return its evaluation rows, its answers and its fit row."""
-    tag = "" if epoch == float(P.epochs) or cell.group == NO_IFT else f".epoch{epoch:g}"
+               epoch: float, key_extra: dict, tag: str = "") -> tuple[list[dict], pd.DataFrame, list[dict]]:
+    """Score one model (a cell at one checkpoint, or a control) on its domain's test sets, raw and calibrated, and
+    on the training facts of `fit_sets` (cached per cell and checkpoint); return its evaluation rows, its
+    answers and its fit rows. `tag` names an earlier checkpoint in the cache file's name."""
+    from ift_utils.interventions import gold_text
+
     name = NO_IFT if cell.group == NO_IFT else f"{cell.condition}/seed{cell.seed}{tag}"
     out = paths.eval / cell.domain / f"{name}.jsonl"
-    items = fit_items(paths, cell)
-    sets = {**tests, FIT_SET: [it["mcq"] for it in items]}
+    fsets = fit_sets(P, paths, cell)
+    fit_qs = list({it["mcq"].id: it["mcq"] for items in fsets.values() for it in items}.values())
+    sets = {**tests, FIT_SET: fit_qs}
     key = {"cell": cell.key, "epoch": epoch, "spec": [P.scoring, P.chat_template, P.prompt_style], "encoder": ENCODER,
-           **key_extra,
+           "calibrate": True, **key_extra,
            "questions": {t: [q.to_json() for q in qs] for t, qs in sets.items()}}
 
     def compute() -> pd.DataFrame:
@@ -108,28 +155,34 @@ def score_cell(scorer_model, tok, cell: Cell, P, paths: RunPaths, tests: dict[st
         for t, qs in sets.items():
             if qs:
                 f = score_mcqs(scorer_model, tok, qs, ft_spec(P, t), max_batch=P.batch_size_eval,
-                               desc=f"eval {cell.key} e{epoch:g} {t}")
+                               desc=f"eval {cell.key} e{epoch:g} {t}", calibrate=t != FIT_SET)
                 frames.append(f.assign(test_set=t))
         return pd.concat(frames, ignore_index=True)
 
     scored = cached_frame(out, key, compute)
+    trained = trained_answer_texts(paths, cell)
     rows, answers = [], []
     cols = ["domain", "id", "probs", "correct"]
-    for t in tests:
-        ft = scored[scored["test_set"] == t][cols]
+    for t, qs in tests.items():
+        ft = scored[scored["test_set"] == t][[*cols, "correct_cal"]]
         b = base[(base["probe_domain"] == cell.domain) & (base["split"] == t)][cols]
         if len(ft):
-            rows.append(base_ft_rows(cell, t, b, ft, P.model, epoch))
-            answers.append(answer_rows(cell, t, b, ft, P.model, epoch))
-    fit = None
-    if items:
-        preds = scored[scored["test_set"] == FIT_SET]["pred"].to_numpy()
-        fit = {"model": P.model, "domain": cell.domain, "condition": cell.condition, "group": cell.group,
-               "ratio": cell.ratio, "seed": cell.seed, "epoch": epoch, "n": len(items),
-               "fit": float(np.mean([p == it["target"] for p, it in zip(preds, items, strict=True)])),
-               "gold": float(np.mean([p == it["mcq"].answer for p, it in zip(preds, items, strict=True)])),
-               "own": float(np.mean([p == it["own"] for p, it in zip(preds, items, strict=True)]))}
-    return rows, (pd.concat(answers, ignore_index=True) if answers else pd.DataFrame()), fit
+            rows.append(base_ft_rows(cell, t, b, ft.drop(columns="correct_cal"), P.model, epoch))
+            a = answer_rows(cell, t, b, ft, P.model, epoch)
+            in_training = {q.id: (gold_text(q) in trained) if trained is not None else np.nan for q in qs}
+            answers.append(a.assign(answer_trained=a["id"].map(in_training)))
+    fits = []
+    pred = dict(zip(scored.loc[scored["test_set"] == FIT_SET, "id"], scored.loc[scored["test_set"] == FIT_SET, "pred"],
+                    strict=True))
+    for (condition, seed), items in fsets.items():
+        preds = [pred[it["mcq"].id] for it in items]
+        fits.append({"model": P.model, "domain": cell.domain, "condition": cell.condition, "group": cell.group,
+                     "ratio": cell.ratio, "seed": cell.seed, "epoch": epoch, "facts_of": condition,
+                     "facts_seed": seed, "n": len(items),
+                     "fit": float(np.mean([p == it["target"] for p, it in zip(preds, items, strict=True)])),
+                     "gold": float(np.mean([p == it["mcq"].answer for p, it in zip(preds, items, strict=True)])),
+                     "own": float(np.mean([p == it["own"] for p, it in zip(preds, items, strict=True)]))})
+    return rows, (pd.concat(answers, ignore_index=True) if answers else pd.DataFrame()), fits
 
 
 @dataclass
@@ -167,10 +220,11 @@ def evaluate_all(P, paths: RunPaths, cells: list[Cell]) -> Evaluation:
     rows, answers, fits, missing = [], [], [], []
     if NO_IFT in P.controls:
         for d in P.domains:
-            r, a, _ = score_cell(base_model, tok, Cell(d, NO_IFT, NO_IFT, math.nan, -1), P, paths, tests[d],
+            r, a, f = score_cell(base_model, tok, Cell(d, NO_IFT, NO_IFT, math.nan, -1), P, paths, tests[d],
                                  base_probe, 0.0, {"precision": precision})
             rows += r
             answers.append(a)
+            fits += f
     swapper = None
     if method != "full":
         swapper = AdapterSwapper(base_model)
@@ -189,11 +243,10 @@ def evaluate_all(P, paths: RunPaths, cells: list[Cell]) -> Evaluation:
                 continue
             model = _load_full(folder, device_of(P)) if swapper is None else swapper.activate(folder)
             r, a, f = score_cell(model, tok, cell, P, paths, tests[cell.domain], base_probe, epoch,
-                                 {"trained": trained})
+                                 {"trained": trained}, "" if epoch == float(P.epochs) else f".epoch{epoch:g}")
             rows += r
             answers.append(a)
-            if f is not None:
-                fits.append(f)
+            fits += f
     if missing:
         log.warning("%d cell(s) not trained yet (other shards?): %s", len(missing), ", ".join(missing[:10]))
     answers = [a for a in answers if len(a)]
@@ -207,3 +260,29 @@ def final_only(P, frame: pd.DataFrame) -> pd.DataFrame:
         return frame
     return frame[(frame["epoch"] == float(P.epochs)) | (frame["group"] == NO_IFT)].reset_index(drop=True)
 
+
+
+def fit_with_baseline(fit: pd.DataFrame) -> pd.DataFrame:
+    """Per trained cell and checkpoint: its fit on its own training facts beside the fit of the no_ift and
+    general_only controls on the same facts and targets (how often the target was given without training on it)."""
+    if fit.empty or "facts_of" not in fit:
+        return pd.DataFrame()
+    own = fit[~fit["group"].isin([NO_IFT, GENERAL_ONLY])]
+    keys = ["domain", "facts_of", "facts_seed"]
+    out = own[["domain", "condition", "group", "seed", "epoch", "facts_of", "facts_seed", "n", "fit"]]
+    for control in (NO_IFT, GENERAL_ONLY):
+        c = fit[fit["group"] == control][[*keys, "fit"]].rename(columns={"fit": f"fit_{control}"})
+        out = out.merge(c.drop_duplicates(keys), on=keys, how="left")
+    return out.drop(columns=["facts_of", "facts_seed"]).reset_index(drop=True)
+
+
+def accuracy_by_answer(answers: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy (raw and calibrated) per group and test set, split by whether the test question's gold answer
+    is among the answers the cell trained on: a group that mainly moved the answer prior gains on trained answers."""
+    a = answers[answers["answer_trained"].notna()] if "answer_trained" in answers else answers.iloc[:0]
+    if a.empty:
+        return pd.DataFrame()
+    a = a.assign(answer_trained=a["answer_trained"].astype(bool))
+    return (a.groupby(["group", "test_set", "answer_trained"])
+             .agg(n=("correct", "size"), accuracy=("correct", "mean"), accuracy_cal=("correct_cal", "mean"))
+             .reset_index())

@@ -11,7 +11,7 @@ import torch
 
 from ift_utils.paths import RunPaths
 
-TEST_SETS = ("HOMO", "ID", "OOD")
+TEST_SETS = ("HOMO", "ID", "OOD", "XD")  # XD: cross-domain, the same relation over another domain's entities
 
 
 def device_of(P) -> str:

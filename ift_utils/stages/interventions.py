@@ -13,7 +13,7 @@ from ift_utils.io import write_jsonl
 from ift_utils.paths import RunPaths
 from ift_utils.records import MCQ
 from ift_utils.stages.grid import GENERAL_ONLY, conditions
-from ift_utils.stages.shared import probe_frame, read_questions
+from ift_utils.stages.shared import probe_frame, read_questions, test_questions
 
 
 def general_pool(P, n: int, seed: int) -> tuple[list[dict], dict]:
@@ -82,6 +82,7 @@ def build_domain_groups(P, paths: RunPaths, model, tok, domain: str, probe: pd.D
     from ift_utils.explanations import ExplainConfig, Explanation, generate_explanations, template_explanation
     from ift_utils.general_tasks import general_example
     from ift_utils.interventions import (
+        answer_table,
         attach_explanations,
         build_groups,
         card,
@@ -95,15 +96,17 @@ def build_domain_groups(P, paths: RunPaths, model, tok, domain: str, probe: pd.D
     )
 
     train = read_questions(paths, domain, "train")
-    heldout = [q for d in P.domains for s in ("dev", "test", "id_test", "ood_test") for q in read_questions(paths, d, s)]
-    answers = [q.choices[q.answer] for d in P.domains for s in ("id_test", "ood_test")
-               for q in read_questions(paths, d, s)]
+    test_files = {d: test_questions(paths, d) for d in P.domains}
+    heldout = [q for d in P.domains for q in read_questions(paths, d, "dev")]
+    heldout += [q for d in P.domains for qs in test_files[d].values() for q in qs]
+    tests = [q for d in P.domains for t, qs in test_files[d].items() if t != "HOMO" for q in qs]
+    homo = test_files[domain]["HOMO"]
     beliefs = probe_frame(probe, domain, "train")
     reps = {}
     for seed in P.seeds:
         g = build_groups(train, beliefs, threshold=P.confidence_threshold, ratios=P.ratios,
                          seed=replicate_seed(P.data_seed, seed), max_per_group=P.max_per_group,
-                         match_harmonious="harmonious" in P.extra_groups)
+                         match_harmonious="harmonious" in P.extra_groups, match_answers=P.match_answers)
         if g.report["n"] == 0:
             why = ("no training question is confidently wrong" if not g.report["incompatible_pool"] else
                    "no training question is confidently right, so harmonious (one of extra_groups) cannot match "
@@ -134,7 +137,7 @@ def build_domain_groups(P, paths: RunPaths, model, tok, domain: str, probe: pd.D
         expl[kind] = {q.id: e for (q, _), e in zip(items, made, strict=True)}
 
     out: dict[int, dict] = {}
-    cards, tables = [], []
+    cards, tables, answer_mix = [], [], []
     first = {ex["id"] for ex in reps[P.seeds[0]].incompatible}
     for seed, g in reps.items():
         g = attach_explanations(g, expl["gold"], expl["self"])
@@ -142,13 +145,14 @@ def build_domain_groups(P, paths: RunPaths, model, tok, domain: str, probe: pd.D
         problems = check_groups(g, train, heldout)
         if problems:
             raise AssertionError(f"{where}: group checks failed:\n  " + "\n  ".join(problems))
-        table = explanation_table(g, answers)
-        bad = table[table["leaking_template"] > 0]
+        table = explanation_table(g, tests)
+        bad = table[(table["leaking_template"] > 0) | (table["leaking_fact_template"] > 0)]
         if len(bad):
-            raise AssertionError(f"{where}: template explanations state the gold answer of an ID/OOD test question "
-                                 f"(the template must state only the answer's own relation): "
-                                 + "; ".join(f"{r.group}: {r.leaking_template} ({r.leaked_answers})"
-                                             for r in bad.itertuples()))
+            raise AssertionError(f"{where}: template explanations state test knowledge (the gold answer of an "
+                                 f"ID/OOD/XD question, or a test entity with its answer); a template must state only "
+                                 f"the answer's own relation: "
+                                 + "; ".join(f"{r.group}: {r.leaking_template} ({r.leaked_answers}), "
+                                             f"{r.leaking_fact_template} ({r.leaked_facts})" for r in bad.itertuples()))
         data_seed = replicate_seed(P.data_seed, seed)
         n = len(g.incompatible)
         k = round(P.general_ratio * n)
@@ -166,6 +170,7 @@ def build_domain_groups(P, paths: RunPaths, model, tok, domain: str, probe: pd.D
             write_jsonl(folder / f"{name}.chat.jsonl", examples)
         reps_row = {"domain": domain, "rep": seed}
         cards.append(card(g, mode=P.scoring).assign(**reps_row))
+        answer_mix.append(answer_table(g, homo).assign(**reps_row))
         tables.append(table.assign(**reps_row))
         out[seed] = {"groups": g, "report": g.report, "data_seed": data_seed, "general": general_report,
                      "train_sizes": {name: len(v) for name, v in cells.items()}, "fit_dev": len(dev),
@@ -175,5 +180,6 @@ def build_domain_groups(P, paths: RunPaths, model, tok, domain: str, probe: pd.D
         f = pd.concat(frames, ignore_index=True)
         return f[["domain", "rep", *(c for c in f if c not in ("domain", "rep"))]]
 
-    return {"replicates": out, "explanations": stats, "card": keyed(cards), "explanation_table": keyed(tables)}
+    return {"replicates": out, "explanations": stats, "card": keyed(cards), "explanation_table": keyed(tables),
+            "answer_table": keyed(answer_mix)}
 

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pandas as pd
 
-from ift_utils.data_sources import DomainData
+from ift_utils.data_sources import TEST_SET_FIELDS, DomainData
 from ift_utils.interventions import robust_label
 from ift_utils.io import write_jsonl
 from ift_utils.paths import RunPaths, cached_frame
@@ -22,7 +22,7 @@ def save_questions(data: dict[str, DomainData], paths: RunPaths) -> pd.DataFrame
     """Write every domain's splits in the original schema; return a size table."""
     rows = []
     for d, dd in data.items():
-        parts = {"train": dd.train, "dev": dd.dev, "test": dd.test, "id_test": dd.id_test, "ood_test": dd.ood_test}
+        parts = {"train": dd.train, "dev": dd.dev, **{TEST_SET_FIELDS[t]: qs for t, qs in dd.test_sets().items()}}
         for split, qs in parts.items():
             write_jsonl(paths.data / d / f"{split}.jsonl", [q.to_json() for q in qs])
             rows.append({"domain": d, "split": split, "n": len(qs)})
@@ -41,13 +41,13 @@ def score_by_subject(model, tok, questions: list[MCQ], P, dd: DomainData, desc: 
 
 
 def probe_domain(model, tok, dd: DomainData, P, paths: RunPaths) -> pd.DataFrame:
-    """Probe the base model on a domain's train split and HOMO/ID/OOD test sets (cached per domain)."""
-    parts = {"train": dd.train, "HOMO": dd.test, "ID": dd.id_test, "OOD": dd.ood_test}
+    """Probe the base model on a domain's train split and its test sets (HOMO/ID/OOD/XD; cached per domain)."""
+    parts = {"train": dd.train, **dd.test_sets()}
     key = {"model": P.model, "scoring": P.scoring, "k_shot": P.k_shot, "style": P.prompt_style,
            "belief_prompts": P.belief_prompts, "precision": precision_of(P), "encoder": ENCODER,
            "questions": {s: [q.to_json() for q in qs] for s, qs in parts.items()},
            "demos": {s: [q.to_json() for q in v] for s, v in sorted(dd.demos.items())},
-           "variant_demos": [q.to_json() for q in dd.dev]}
+           "variant_demos": [q.to_json() for q in dd.dev], "variants": "reworded demos and question, shuffled options"}
     return cached_frame(paths.probe / f"{dd.name}.jsonl", key, lambda: _probe(model, tok, dd, P, parts))
 
 
@@ -76,17 +76,21 @@ def permuted(q: MCQ, seed: str) -> tuple[MCQ, list[int]]:
 
 def belief_variants(model, tok, questions: list[MCQ], P, dd: DomainData, main: pd.DataFrame) -> list[list[int]]:
     """Each question's predicted option (original indices) under `belief_prompts` prompts: the main one, then
-    variants with other demos (the next k dev questions) and a seeded option order (it matters in letter mode)."""
+    variants with other demos (the next k dev questions), the question and demos in another wording (facts-suite
+    relations have several; it is what varies the prompt in cloze mode, where options are not shown) and a seeded
+    option order (it matters in letter mode)."""
     from dataclasses import replace
+
+    from ift_utils.data_facts import reworded
 
     k = P.k_shot
     preds = [[int(p)] for p in main["pred"]]
     for v in range(1, P.belief_prompts):
-        demos = tuple(dd.dev[v * k:(v + 1) * k])
+        demos = tuple(reworded(d, v) for d in dd.dev[v * k:(v + 1) * k])
         if k and len(demos) < k:
             raise ValueError(f"belief_prompts={P.belief_prompts} needs {k * P.belief_prompts} dev questions in "
                              f"domain {dd.name!r} ({k} demos per prompt), it has {len(dd.dev)}; lower belief_prompts")
-        shuffled = [permuted(q, f"belief:{P.data_seed}:{v}:{q.id}") for q in questions]
+        shuffled = [permuted(reworded(q, v), f"belief:{P.data_seed}:{v}:{q.id}") for q in questions]
         spec = replace(base_spec(P, dd, dd.subject), demos=demos)
         frame = score_mcqs(model, tok, [q for q, _ in shuffled], spec, max_batch=P.batch_size_eval,
                            desc=f"probe {dd.name}/train, prompt {v + 1} of {P.belief_prompts}")

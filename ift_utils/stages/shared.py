@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ift_utils.data_sources import DomainData
+from ift_utils.data_sources import TEST_SET_FIELDS, DomainData
 from ift_utils.io import read_jsonl
 from ift_utils.paths import RunPaths
 from ift_utils.probing import PromptSpec
@@ -85,7 +85,10 @@ def precision_of(P) -> str:
 
 
 def test_questions(paths: RunPaths, domain: str) -> dict[str, list[MCQ]]:
-    """HOMO / ID / OOD questions of a domain, as stage 01 wrote them."""
-    files = {"HOMO": "test", "ID": "id_test", "OOD": "ood_test"}
-    return {t: read_questions(paths, domain, f) for t, f in files.items()}
+    """A domain's test sets as stage 01 wrote them: HOMO, ID, OOD and, where the run has one, XD (cross-domain)."""
+    out = {}
+    for t, f in TEST_SET_FIELDS.items():
+        if t in ("HOMO", "ID", "OOD") or (paths.data / domain / f"{f}.jsonl").exists():
+            out[t] = read_questions(paths, domain, f)
+    return out
 
