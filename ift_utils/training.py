@@ -10,6 +10,14 @@ N GPUs (on CPU: `ACCELERATE_USE_CPU=true torchrun --nproc_per_node N`, gloo). Gr
 `Accelerator.no_sync` over micro-batches with the loss weighted by token counts, so N processes x batch b equals
 one process x batch b x grad_accum N.
 
+Speed on CPU (benchmarks/training.py): the LM head runs only at response positions; the tokens every row of a
+batch starts with (the chat template's system turn, ~21 of ~57 tokens in the default study) run once per batch and
+their keys/values are broadcast to the rows (`shared_prefix`, same loss and gradients up to float rounding;
+`prefix_sharing_ok` says where it falls back); `cpu_bf16` trains under bf16 autocast with fp32 master weights.
+
+Epochs: `cfg.epochs` is the most; an `on_epoch_end(model, epoch)` callback may stop earlier and ask to keep an
+epoch's weights (`EpochDecision`); its answers are checkpointed, so a resumed run neither asks again nor differs.
+
 Determinism: data order is a function of (seed, epoch) only; LoRA init, dropout and everything else draw from
 the torch/python/numpy generators seeded at the start and saved (per process) in every checkpoint, so an
 interrupted run resumed from its last checkpoint ends with the same tensors as an uninterrupted one (on CPU).
@@ -887,5 +895,7 @@ def load_trained(model_path: str, out_dir: Path, method: str, *, device: str | N
     return model
 
 
-__all__ = ["TrainConfig", "TrainResult", "train_adapter", "load_trained", "is_done", "encode_example", "collate",
+__all__ = ["TrainConfig", "TrainResult", "EpochDecision", "train_adapter", "make_scheduler", "cpu_has_bf16",
+           "cpu_autocast_wanted", "precision_label", "prefix_sharing_ok", "shared_prefix_length",
+           "config_fingerprint_fields", "load_trained", "is_done", "encode_example", "collate",
            "epoch_batches", "plan_steps", "response_loss", "disable_cpu_repack", "load_base", "bnb_config"]
