@@ -11,6 +11,7 @@ bf16 autocast (fp32 master weights; where the CPU has bf16 units, or with --bf16
 ways. LoRA dropout is 0 so that the loss curves differ by float rounding only.
 
 Figures: examples/s and non-padding tokens/s over the steps after the first (warm-up), the ratio to today,
+examples per CPU-second of the process (with --threads 1 it barely moves when other processes load the machine),
 max |Δloss| per step against today, max |Δgrad| on the same weights (today's model, first steps, both loss paths),
 and the share of the measured matmul peak (fp32, or bf16 for bf16 variants) counted two ways: 6·N·tokens over the
 non-padding tokens, and over the tokens each method actually computes (padding included; the shared prefix once
@@ -72,6 +73,7 @@ class _Variant:
     scheduler: Any = None
     share: bool = False
     seconds: list = None  # type: ignore[assignment]
+    cpu_seconds: list = None  # type: ignore[assignment]
     losses: list = None  # type: ignore[assignment]
     computed: list = None  # type: ignore[assignment]
 
@@ -97,14 +99,14 @@ def _setup(v: _Variant, path: str, total_steps: int) -> None:
     v.share = prefix_sharing_ok(v.model, v.cfg, 1)[0]
     autocast = cpu_autocast_wanted(v.cfg, torch.device("cpu"))
     v.loss_module = _LossModule(v.model, v.cfg.response_only_logits, autocast, v.share)
-    v.seconds, v.losses, v.computed = [], [], []
+    v.seconds, v.cpu_seconds, v.losses, v.computed = [], [], [], []
 
 
 def _step(v: _Variant, batch: dict[str, torch.Tensor]) -> None:
     """One optimizer step as train_adapter takes it (one micro-batch); time, loss and computed tokens."""
     from ift_utils.training import _trainable, shared_prefix_length
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     summed, count = v.loss_module(**batch)
     (summed / count).backward()
     torch.nn.utils.clip_grad_norm_(list(_trainable(v.model).values()), v.cfg.max_grad_norm)
@@ -112,6 +114,7 @@ def _step(v: _Variant, batch: dict[str, torch.Tensor]) -> None:
     v.scheduler.step()
     v.optimizer.zero_grad(set_to_none=True)
     v.seconds.append(time.perf_counter() - t0)
+    v.cpu_seconds.append(time.process_time() - c0)
     v.losses.append(float(summed.detach() / count))
     B, W = batch["input_ids"].shape
     prefix = shared_prefix_length(**batch) if v.share else 0
@@ -196,6 +199,7 @@ def bench_training_rows(model: str = "smollm2-135m-instruct", n_examples: int = 
         sec = sum(v.seconds[timed])
         peak = peak16 if v.cfg.cpu_bf16 is True else peak32
         return {"ex_s": n_timed / sec, "tok_s": tokens / sec, "step_s": sec / len(v.seconds[timed]),
+                "ex_cpu_s": n_timed / sum(v.cpu_seconds[timed]),
                 "share_all": 6 * n_params * tokens / sec / (peak * 1e9),
                 "share_computed": 6 * n_params * sum(v.computed[timed]) / sec / (peak * 1e9)}
 
@@ -214,6 +218,8 @@ def bench_training_rows(model: str = "smollm2-135m-instruct", n_examples: int = 
             row(f"examples/s: {v.label}", f["ex_s"], f_today["ex_s"], "examples/s",
                 f"{f['step_s']:.2f} s/step; max |Δloss| per step vs today {dloss:.2e}; loss "
                 f"{v.losses[0]:.3f}→{v.losses[-1]:.3f}")
+            row(f"examples per CPU-second: {v.label}", f["ex_cpu_s"], f_today["ex_cpu_s"], "examples/cpu-s",
+                "process CPU time: steadier than wall time on a shared machine (with 1 thread)")
             row(f"tokens/s: {v.label}", f["tok_s"], f_today["tok_s"], "tokens/s", "non-padding tokens")
             row(f"peak share (6N·all tokens): {v.label}", 100 * f["share_all"], 100 * f_today["share_all"], "%",
                 "of the bf16 peak" if v.cfg.cpu_bf16 is True else "of the fp32 peak")
