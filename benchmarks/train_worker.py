@@ -58,7 +58,7 @@ def run(spec: dict) -> dict:
             "timed_seconds": seconds, "timed_tokens": tokens, "tokens_per_s": tokens / seconds,
             "warm_up_excluded": warm, "loop_seconds": result.seconds, "train_tokens": result.train_tokens,
             "peak_rss_mb": result.peak_rss_mb, "first_loss": result.losses[0], "last_loss": result.losses[-1],
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "precision": result.precision, "shared_prefix": result.shared_prefix}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,14 @@ N GPUs (on CPU: `ACCELERATE_USE_CPU=true torchrun --nproc_per_node N`, gloo). Gr
 `Accelerator.no_sync` over micro-batches with the loss weighted by token counts, so N processes x batch b equals
 one process x batch b x grad_accum N.
 
+Speed on CPU (benchmarks/training.py): the LM head runs only at response positions; the tokens every row of a
+batch starts with (the chat template's system turn, ~21 of ~57 tokens in the default study) run once per batch and
+their keys/values are broadcast to the rows (`shared_prefix`, same loss and gradients up to float rounding;
+`prefix_sharing_ok` says where it falls back); `cpu_bf16` trains under bf16 autocast with fp32 master weights.
+
+Epochs: `cfg.epochs` is the most; an `on_epoch_end(model, epoch)` callback may stop earlier and ask to keep an
+epoch's weights (`EpochDecision`); its answers are checkpointed, so a resumed run neither asks again nor differs.
+
 Determinism: data order is a function of (seed, epoch) only; LoRA init, dropout and everything else draw from
 the torch/python/numpy generators seeded at the start and saved (per process) in every checkpoint, so an
 interrupted run resumed from its last checkpoint ends with the same tensors as an uninterrupted one (on CPU).
@@ -28,7 +36,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +61,8 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelsNotice(
 log = logging.getLogger(__name__)
 
 METHODS = ("lora", "qlora", "full")
+LR_SCHEDULES = {"cosine": "cosine", "constant": "constant_with_warmup", "linear": "linear"}  # -> transformers' name
+ATTENTION_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 IGNORE = -100
 DONE = "DONE"
 MEGABATCH = 50  # batches per length-sorted group (as transformers' LengthGroupedSampler)
@@ -66,10 +76,11 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    target_modules: str | list[str] = "all-linear"  # peft's "all-linear" leaves out lm_head
-    epochs: float = 3
+    target_modules: str | list[str] = "all-linear"  # attention + MLP (peft's; not lm_head), or "attention"
+    epochs: float = 3  # the most epochs; an `on_epoch_end` callback may stop earlier
     learning_rate: float = 2e-4
-    lr_scheduler: str = "cosine"
+    lr_scheduler: str = "cosine"  # one of LR_SCHEDULES; warm-up first in each
+    min_lr_ratio: float = 0.0  # cosine decays to learning_rate * min_lr_ratio (0: to zero, as before)
     warmup_ratio: float = 0.03
     max_length: int = 256
     batch_size: int = 8
@@ -78,10 +89,12 @@ class TrainConfig:
     save_epochs: tuple[int, ...] = ()  # also keep the weights at the end of these epochs (epochs/epochN/), to evaluate
     seed: int = 0
     bf16: bool = False  # bf16 compute (GPU)
+    cpu_bf16: str | bool = False  # on CPU: bf16 autocast, fp32 master weights; "auto" = where the CPU has bf16 units
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 = no clipping
     gradient_checkpointing: bool = False
     response_only_logits: bool = True  # False: the plain full-logits loss (same value, slower; for benchmarks)
+    shared_prefix: bool = True  # run the batch's common prefix once (same loss up to rounding); see prefix_sharing_ok
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -95,6 +108,88 @@ class TrainConfig:
             raise ValueError("TrainConfig.warmup_ratio and lora_dropout must be in [0, 1)")
         if self.save_every < 0:
             raise ValueError("TrainConfig.save_every must be >= 0")
+        if self.lr_scheduler not in LR_SCHEDULES:
+            raise ValueError(f"TrainConfig.lr_scheduler must be one of {list(LR_SCHEDULES)}, got {self.lr_scheduler!r}")
+        if not 0 <= self.min_lr_ratio < 1:
+            raise ValueError("TrainConfig.min_lr_ratio must be in [0, 1)")
+        if self.cpu_bf16 not in ("auto", True, False):
+            raise ValueError(f"TrainConfig.cpu_bf16 must be 'auto', True or False, got {self.cpu_bf16!r}")
+
+
+# Added after cells were first trained: at these defaults they stay out of a cell's fingerprint, so cells finished
+# before they existed are still recognized as finished. shared_prefix never enters it (it changes only rounding).
+_LATER_DEFAULTS = {"min_lr_ratio": 0.0}
+_SPEED_ONLY = ("shared_prefix",)
+
+
+def config_fingerprint_fields(cfg: TrainConfig, cpu_autocast: bool) -> dict[str, Any]:
+    """The config as a cell's fingerprint sees it: later fields at their defaults and speed-only fields left out,
+    and whether CPU bf16 autocast was actually used (so "auto" on a CPU without bf16 units is another cell)."""
+    out = {k: v for k, v in asdict(cfg).items()
+           if k not in (*_SPEED_ONLY, "cpu_bf16") and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
+    if cpu_autocast:
+        out["cpu_autocast"] = "bf16"
+    return out
+
+
+@dataclass(frozen=True)
+class EpochDecision:
+    """What an `on_epoch_end` callback decides after an epoch: stop training now, keep this epoch's weights."""
+
+    stop: bool = False
+    save: bool = False
+
+    @classmethod
+    def of(cls, answer: Any) -> EpochDecision:
+        """A callback's answer as a decision: None = go on, a bool = stop or not, or an EpochDecision."""
+        if answer is None:
+            return cls()
+        if isinstance(answer, EpochDecision):
+            return answer
+        if isinstance(answer, bool):
+            return cls(stop=answer)
+        raise TypeError(f"on_epoch_end must return None, a bool or an EpochDecision, got {answer!r}")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix units (AVX-512 BF16 or AMX), where bf16 autocast is faster than fp32."""
+    with contextlib.suppress(OSError):
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+    with contextlib.suppress(Exception):
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def cpu_autocast_wanted(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether a cell trains under CPU bf16 autocast: asked (or "auto" with bf16 units), on CPU, not 4-bit."""
+    if device.type != "cpu" or cfg.method == "qlora" or cfg.cpu_bf16 is False:
+        return False
+    return cfg.cpu_bf16 is True or cpu_has_bf16()
+
+
+def precision_label(cfg: TrainConfig, device: torch.device, cpu_autocast: bool) -> str:
+    """The compute precision a cell trains in, for its result JSON."""
+    if cpu_autocast:
+        compute = "bf16 autocast, fp32 weights"
+    elif cfg.bf16 and device.type == "cuda":
+        compute = "bf16" if cfg.method == "lora" else "bf16 autocast, fp32 weights"
+    else:
+        compute = "fp32"
+    return f"nf4 + {compute}" if cfg.method == "qlora" else compute
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:
+    """The LR schedule of a run: warm-up over warmup_ratio of the steps, then cosine (down to min_lr_ratio of the
+    peak), constant or linear, over all planned steps (the most epochs, whether or not a callback stops early)."""
+    from transformers import get_scheduler
+
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    if cfg.lr_scheduler == "cosine" and cfg.min_lr_ratio > 0:
+        return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
+                             scheduler_specific_kwargs={"min_lr_rate": cfg.min_lr_ratio})
+    return get_scheduler(LR_SCHEDULES[cfg.lr_scheduler], optimizer, num_warmup_steps=warmup,
+                         num_training_steps=total_steps)
 
 
 @dataclass
@@ -112,6 +207,11 @@ class TrainResult:
     n_examples: int = 0  # examples kept
     n_truncated: int = 0  # examples whose prompt was cut from the left to fit max_length
     n_dropped: int = 0  # examples whose response + eos alone does not fit max_length
+    precision: str = "fp32"  # compute precision trained in (see precision_label)
+    shared_prefix: bool = False  # whether batches' common prefixes ran once per batch
+    epochs_completed: float = 0.0  # epochs trained (fractional when cfg.epochs is)
+    stop_reason: str = "max_epochs"  # "max_epochs", or "callback" when on_epoch_end stopped it
+    decisions: list[dict] = field(default_factory=list)  # on_epoch_end's answers: {"epoch", "stop", "save"}
 
     @classmethod
     def read(cls, out_dir: Path) -> TrainResult:
@@ -278,8 +378,9 @@ def _build_model(path: str, cfg: TrainConfig, device: torch.device) -> nn.Module
         elif cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
         if cfg.method != "full":
+            targets = ATTENTION_TARGETS if cfg.target_modules == "attention" else cfg.target_modules
             lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                              target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM")
+                              target_modules=targets, bias="none", task_type="CAUSAL_LM")
             model = get_peft_model(model, lora)
     model.train()
     return model
@@ -290,14 +391,50 @@ def _inner(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+PREFIX_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # plain DynamicCache decoders, checked equal
+MIN_SHARED_PREFIX = 4  # shorter common prefixes are not worth a second forward call
+
+
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> int:
+    """Tokens every row of a right-padded batch starts with that no loss position needs as a query (the chat
+    template's system turn): the part `response_loss` may run once for the whole batch."""
+    if input_ids.shape[0] < 2:
+        return 0
+    same = ((input_ids == input_ids[:1]) & attention_mask.bool()).all(dim=0)
+    common = int(same.long().cumprod(0).sum())
+    keep = (labels[:, 1:] != IGNORE).any(dim=0)  # hidden state at t predicts label t + 1
+    first_needed = int(keep.long().argmax()) if bool(keep.any()) else input_ids.shape[1] - 1
+    return min(common, first_needed, input_ids.shape[1] - 1)
+
+
+def _prefix_hidden(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   prefix: int) -> torch.Tensor:
+    """Hidden states of positions prefix.. of every row, the shared prefix run once (batch 1) and its keys and
+    values broadcast to the batch (a view, not a copy); gradients flow through them into the adapter."""
+    B, W = input_ids.shape
+    head = backbone(input_ids=input_ids[:1, :prefix], use_cache=True)
+    cache = getattr(head, "cache", None) or head.past_key_values
+    for layer in cache.layers:
+        layer.keys = layer.keys.expand(B, -1, -1, -1)
+        layer.values = layer.values.expand(B, -1, -1, -1)
+    pos = torch.arange(prefix, W, device=input_ids.device).expand(B, -1)
+    out = backbone(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, position_ids=pos, cache=cache,
+                   use_cache=True)
+    return out.last_hidden_state
+
+
 def response_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  labels: torch.Tensor, response_only: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                  labels: torch.Tensor, response_only: bool = True,
+                  shared_prefix: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token cross-entropy over label positions and their count.
 
     response_only: run the backbone, keep the hidden states whose next token is a label and apply the LM
     head to those only (the vocabulary-sized head over every position is a large share of the cost: 1.3x
     faster steps on SmolLM2-135M with 25 % response tokens); otherwise the model's own full-logits loss.
-    Both give the same value.
+    shared_prefix (with response_only): the tokens all rows start with (`shared_prefix_length`) run once per
+    batch, not once per row; the caller checks the model supports it (`prefix_sharing_ok`).
+    All give the same value up to float rounding. The head runs in fp32 when its weight is fp32 (also under
+    bf16 autocast: it is a small share of the cost and the loss keeps fp32 logits).
     """
     shifted = labels[:, 1:]
     keep = shifted != IGNORE
@@ -307,8 +444,18 @@ def response_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         return out.loss * count, count
     inner = _inner(model)
     backbone = getattr(inner, inner.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    logits = inner.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    prefix = shared_prefix_length(input_ids, attention_mask, labels) if shared_prefix else 0
+    if prefix >= MIN_SHARED_PREFIX:
+        hidden = _prefix_hidden(backbone, input_ids, attention_mask, prefix)[:, :-1][keep[:, prefix:]]
+    else:
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = hidden[:, :-1][keep]
+    lm_head = inner.get_output_embeddings()
+    if lm_head.weight.dtype == torch.float32:
+        with torch.autocast(hidden.device.type, enabled=False):
+            logits = lm_head(hidden.float())
+    else:
+        logits = lm_head(hidden).float()
     config = getattr(inner.config, "get_text_config", lambda: inner.config)()
     if getattr(config, "final_logit_softcapping", None):  # Gemma-2/3 style heads
         cap = config.final_logit_softcapping
@@ -318,19 +465,38 @@ def response_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     return nn.functional.cross_entropy(logits, shifted[keep], reduction="sum"), count
 
 
+def prefix_sharing_ok(model: nn.Module, cfg: TrainConfig, world: int) -> tuple[bool, str]:
+    """Whether a run may share the batch's common prefix, and why not: only single-process runs without
+    gradient checkpointing (which drops the cache) on decoders whose cache was checked (PREFIX_MODEL_TYPES)."""
+    if not cfg.shared_prefix:
+        return False, "off in the config"
+    if not cfg.response_only_logits:
+        return False, "needs response_only_logits"
+    if cfg.gradient_checkpointing:
+        return False, "gradient checkpointing does not keep a key/value cache"
+    if world > 1:
+        return False, "not checked under DDP (several processes)"
+    model_type = getattr(_inner(model).config, "model_type", "")
+    if model_type not in PREFIX_MODEL_TYPES:
+        return False, f"model type {model_type!r} not among the checked {PREFIX_MODEL_TYPES}"
+    return True, ""
+
+
 class _LossModule(nn.Module):
     """The model plus its loss in one forward, so DDP (which hooks `forward`) syncs the gradients."""
 
-    def __init__(self, model: nn.Module, response_only: bool, bf16: bool) -> None:
+    def __init__(self, model: nn.Module, response_only: bool, bf16: bool, shared_prefix: bool = False) -> None:
         super().__init__()
         self.model = model
         self.response_only = response_only
         self.bf16 = bf16
+        self.shared_prefix = shared_prefix
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return response_loss(self.model, input_ids, attention_mask, labels, self.response_only)
+            return response_loss(self.model, input_ids, attention_mask, labels, self.response_only,
+                                 self.shared_prefix)
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -469,23 +635,56 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _ask_epoch_end(callback: Callable[[nn.Module, int], Any], model: nn.Module, epoch: int,
+                   accelerator: Any) -> EpochDecision:
+    """Run `on_epoch_end` on the main process with the model in eval mode under no_grad, then restore train mode
+    and every random generator (so what the callback draws does not change the rest of the run)."""
+    from accelerate.utils import broadcast_object_list
+
+    answer = [None]
+    if accelerator.is_main_process:
+        rng = _rng_state()
+        model.eval()
+        try:
+            with torch.no_grad():
+                answer = [EpochDecision.of(callback(model, epoch))]
+        finally:
+            model.train()
+            _set_rng_state(rng)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(answer)
+    return answer[0]
+
+
 def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_dir: Path,
-                  progress: bool = True, *, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+                  progress: bool = True, *, on_step: Callable[[int, float], None] | None = None,
+                  on_epoch_end: Callable[[nn.Module, int], EpochDecision | bool | None] | None = None
+                  ) -> TrainResult:
     """Train one cell into out_dir (adapter or full weights, loss.csv, train_config.json, train_result.json,
     then DONE); a cell finished with the same data and config is skipped (one finished with others is
     trained again), an interrupted one resumes from its last checkpoint.
 
     examples: [{"prompt": chat-formatted text ending with the assistant opener, "response": answer text}].
     on_step(step, loss) is called after every optimizer step (and after its checkpoint, if any).
+    on_epoch_end(model, epoch) is called after each full epoch (1-based; also after a last partial one) with
+    the model in eval mode under no_grad, on the main process only; it returns an `EpochDecision` (stop now,
+    keep this epoch's weights in epochs/epochN/), a bool (stop) or None (go on). Its answers are stored in the
+    checkpoints and the result, so a resumed run does not ask again for epochs already decided. Random
+    generators are restored after it, so it may sample. Not called for a finished cell.
     """
     from accelerate import Accelerator
     from accelerate.utils import gather_object, set_seed
-    from transformers import AutoTokenizer, get_scheduler
+    from transformers import AutoTokenizer
 
     from ift_utils.progress import progress as tqdm
 
     out_dir = Path(out_dir)
-    fingerprint = sha256_json({"config": asdict(cfg), "model": model_path, "examples": examples})
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as Accelerator() picks it
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        device = torch.device("cpu")
+    cpu_autocast = cpu_autocast_wanted(cfg, device)
+    fingerprint = sha256_json({"config": config_fingerprint_fields(cfg, cpu_autocast), "model": model_path,
+                               "examples": examples})
     if is_done(out_dir):
         saved = json.loads((out_dir / "train_config.json").read_text(encoding="utf-8"))
         if saved.get("fingerprint") == fingerprint:
@@ -521,14 +720,19 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
     model = _build_model(path, cfg, accelerator.device)
     optimizer = torch.optim.AdamW(list(_trainable(model).values()), lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * len(steps)),
-                              num_training_steps=len(steps))
+    scheduler = make_scheduler(optimizer, cfg, len(steps))
     # The scheduler is not prepared: its step count is already global (accelerate would step it once per process).
-    wrapped = accelerator.prepare_model(_LossModule(model, cfg.response_only_logits, cfg.bf16),
+    share, why_not = prefix_sharing_ok(model, cfg, world)
+    if cfg.shared_prefix and not share:
+        log.info("%s: shared prefix off (%s); every row runs its whole sequence", out_dir.name, why_not)
+    autocast = cfg.bf16 or cpu_autocast
+    precision = precision_label(cfg, accelerator.device, cpu_autocast)
+    wrapped = accelerator.prepare_model(_LossModule(model, cfg.response_only_logits, autocast, share),
                                         device_placement=cfg.method != "qlora")
     optimizer = accelerator.prepare_optimizer(optimizer)
 
-    done = {"losses": [], "rows": [], "train_tokens": 0, "loss_tokens": 0, "seconds": 0.0, "peak_rss_mb": 0.0}
+    done = {"losses": [], "rows": [], "train_tokens": 0, "loss_tokens": 0, "seconds": 0.0, "peak_rss_mb": 0.0,
+            "decisions": []}
     start = 0
     if accelerator.is_main_process:  # leftovers of a crash inside an atomic write
         for stale in [*out_dir.glob(".*.partial-*"), *(out_dir / "checkpoints").glob(".*.partial-*")]:
@@ -540,7 +744,7 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
         if state.get("fingerprint") == fingerprint:
             state = _load_checkpoint(found[-1][1], model, optimizer, scheduler, rank, world)
             start = state["step"]
-            done = {k: state[k] for k in done}
+            done = {k: state.get(k, done[k]) for k in done}  # checkpoints older than "decisions" lack it
             log.info("resuming %s from step %d of %d", out_dir, start, len(steps))
         else:
             log.warning("checkpoints in %s are from another config or data set; starting over", out_dir)
@@ -549,7 +753,9 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
     bar = tqdm(total=len(steps), initial=start, desc=f"train {out_dir.name}", unit="step",
                disable=not progress or not accelerator.is_main_process)
     t0 = time.perf_counter()
-    for index in range(start, len(steps)):
+    stopped = any(d["stop"] for d in done["decisions"])  # resumed after the callback asked to stop
+    reached = start
+    for index in range(start, len(steps) if not stopped else start):
         step = steps[index]
         mine = step.micro[rank * cfg.grad_accum:(rank + 1) * cfg.grad_accum] if world > 1 else step.micro
         n_global = sum(n_labels[i] for mb in step.micro for i in mb)
@@ -583,10 +789,17 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
             log.info("%s epoch %d/%s: %d steps, mean loss %.4f, %.0f tokens/s", out_dir.name, step.epoch + 1,
                      f"{cfg.epochs:g}", len(epoch_losses), float(np.mean(epoch_losses)),
                      done["train_tokens"] / max(done["seconds"] + time.perf_counter() - t0, 1e-9))
-        if epoch_end and step.epoch + 1 in cfg.save_epochs and number < len(steps) and accelerator.is_main_process:
+        decision = EpochDecision()
+        if epoch_end and on_epoch_end is not None:
+            decision = _ask_epoch_end(on_epoch_end, model, step.epoch + 1, accelerator)
+            done["decisions"].append({"epoch": step.epoch + 1, "stop": decision.stop, "save": decision.save})
+        stopped = decision.stop
+        last = number == len(steps) or stopped
+        keep = decision.save or (epoch_end and step.epoch + 1 in cfg.save_epochs and not last)
+        if keep and accelerator.is_main_process:
             _save_epoch(out_dir, step.epoch + 1, accelerator.unwrap_model(wrapped).model, tok, cfg)
         checkpoint = (number % cfg.save_every == 0) if cfg.save_every else epoch_end
-        if checkpoint and number < len(steps):
+        if (checkpoint or stopped) and number < len(steps):  # a stop is saved, so a resumed run stops too
             # each process draws its own dropout masks, so every process's generators are saved
             rng_states = gather_object([_rng_state()]) if world > 1 else [_rng_state()]
             if accelerator.is_main_process:
@@ -595,22 +808,29 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
                                   "fingerprint": fingerprint}
                 _save_checkpoint(out_dir, number, model, optimizer, scheduler, rng_states, progress_state)
             accelerator.wait_for_everyone()
+        reached = number
         if on_step is not None:
             on_step(number, loss)
+        if stopped:
+            log.info("%s: on_epoch_end stopped training after epoch %d", out_dir.name, step.epoch + 1)
+            break
     bar.close()
     seconds = done["seconds"] + time.perf_counter() - t0
 
     result = TrainResult(
-        out_dir=out_dir, steps=len(steps), seconds=seconds, peak_rss_mb=max(done["peak_rss_mb"], _peak_rss_mb()),
+        out_dir=out_dir, steps=reached, seconds=seconds, peak_rss_mb=max(done["peak_rss_mb"], _peak_rss_mb()),
         peak_gpu_mb=(torch.cuda.max_memory_allocated(accelerator.device) / 2**20
                      if accelerator.device.type == "cuda" else None),
         train_tokens=done["train_tokens"], losses=done["losses"], loss_tokens=done["loss_tokens"],
-        n_examples=len(encoded), n_truncated=sum(e["truncated"] for e in encoded), n_dropped=n_dropped)
+        n_examples=len(encoded), n_truncated=sum(e["truncated"] for e in encoded), n_dropped=n_dropped,
+        precision=precision, shared_prefix=share, epochs_completed=round(reached / per_epoch, 6),
+        stop_reason="callback" if stopped else "max_epochs", decisions=done["decisions"])
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_cell(out_dir, accelerator.unwrap_model(wrapped).model, tok, cfg, result,
                     {"model_path": model_path, "resolved_path": path, "fingerprint": fingerprint,
-                     "processes": world, "steps_per_epoch": per_epoch, "versions": _versions()},
+                     "processes": world, "steps_per_epoch": per_epoch, "planned_steps": len(steps),
+                     "versions": _versions()},
                     done["rows"])
     accelerator.wait_for_everyone()
     return result
@@ -675,5 +895,7 @@ def load_trained(model_path: str, out_dir: Path, method: str, *, device: str | N
     return model
 
 
-__all__ = ["TrainConfig", "TrainResult", "train_adapter", "load_trained", "is_done", "encode_example", "collate",
+__all__ = ["TrainConfig", "TrainResult", "EpochDecision", "train_adapter", "make_scheduler", "cpu_has_bf16",
+           "cpu_autocast_wanted", "precision_label", "prefix_sharing_ok", "shared_prefix_length",
+           "config_fingerprint_fields", "load_trained", "is_done", "encode_example", "collate",
            "epoch_batches", "plan_steps", "response_loss", "disable_cpu_repack", "load_base", "bnb_config"]
