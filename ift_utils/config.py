@@ -107,8 +107,18 @@ class StudyParams(BaseModel):
     lora_r: int = Field(16, ge=1, le=1024)
     lora_alpha: int = Field(32, ge=1, le=4096)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    epochs: float = Field(3.0, gt=0.0, le=100.0)
+    epochs: float = Field(10.0, gt=0.0, le=100.0, description="epochs to train; with fit_target, the most epochs")
+    fit_target: float | None = Field(0.9, gt=0.0, le=1.0, description="train each cell until this share of its own "
+                                     "training facts is answered with the training target (scored like the test "
+                                     "sets), at most `epochs`; None = exactly `epochs` (the paper's fixed dose). "
+                                     "contextualized and general_only train as many epochs as the replicate's "
+                                     "incompatible cell reached")
     learning_rate: float = Field(3e-4, gt=0.0, le=1.0)
+    lr_scheduler: Literal["cosine", "constant"] = Field("constant", description="after warm-up: cosine decay to "
+                                                        "min_lr_ratio × learning_rate, or constant")
+    min_lr_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="cosine's floor as a share of the learning rate")
+    cpu_bf16: Literal["auto", "on", "off"] = Field("off", description="on a CPU: bf16 autocast with fp32 master "
+                                                   "weights; auto = where the CPU has bf16 units (AVX-512 BF16, AMX)")
     warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
     max_length: int = Field(160, ge=8, le=32768)
     batch_size: int = Field(8, ge=1, le=4096)

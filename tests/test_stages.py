@@ -63,8 +63,31 @@ def test_eval_epochs_must_be_within_the_run_and_reach_training():
     assert training_stage.train_config(P, 0).save_epochs == (1,)  # the last epoch is the final model itself
     paths = RunPaths(Path("/run"))
     cell = grid.Cell("d", "ratio_0", "incompatible", 0.0, 0)
-    assert [e for e, _ in evaluation_stage.eval_targets(P, paths, cell)] == [1.0, 3.0]
+    assert [t[0] for t in evaluation_stage.eval_targets(P, paths, cell)] == [1.0, 3.0]
     assert evaluation_stage.eval_targets(P, paths, cell)[0][1] == Path("/run/train/d/ratio_0/seed0/epochs/epoch1/adapter")
+
+
+def test_checkpoints_follow_the_fit_log_early_stop_then_convergence(tmp_path):
+    """A cell trained to fit: the early-stopping checkpoint is the first epoch with the best held-out accuracy,
+    the final weights are the epoch it reached; contextualized and general_only take the incompatible cell's dose
+    (its epochs and its early-stopping epoch)."""
+    from ift_utils.io import write_json
+
+    P = load_params(None, {"epochs": 10, "fit_target": 0.9, "eval_epochs": [1]})
+    paths = RunPaths(tmp_path)
+    inc = grid.Cell("d", "ratio_0", "incompatible", 0.0, 0)
+    out = grid.cell_dir(paths, inc)
+    write_json(out / "train_result.json", {"epochs_completed": 5.0})
+    write_json(out / training_stage.FIT_LOG, {str(e): {"epoch": e, "fit": f, "dev_acc": d} for e, f, d in
+                                             [(1, .3, .50), (2, .5, .60), (3, .7, .60), (4, .8, .55), (5, .95, .58)]})
+    targets = evaluation_stage.eval_targets(P, paths, inc)
+    assert [(t[0], t[2], t[3]) for t in targets] == [(1.0, False, False), (2.0, True, False), (5.0, False, True)]
+    assert training_stage.early_stop_epoch(training_stage.fit_curve(paths, inc)) == 2.0
+    ctx = grid.Cell("d", "contextualized", "contextualized", float("nan"), 0)
+    assert training_stage.dose_epochs(P, paths, ctx) == (5.0, 2.0)
+    assert training_stage.dose_epochs(P, paths, grid.Cell("d", "harmonious", "harmonious", float("nan"), 0)) is None
+    fixed = load_params(None, {"epochs": 3, "fit_target": None})
+    assert training_stage.dose_epochs(fixed, paths, ctx) is None
 
 
 def test_precision_follows_the_training_method():

@@ -28,7 +28,15 @@ from ift_utils.stages.grid import (
     group_file,
     train_method,
 )
-from ift_utils.stages.shared import ENCODER, ft_spec, load_study_base, read_probe, test_questions
+from ift_utils.stages.shared import (
+    ENCODER,
+    fit_items,
+    fit_items_of,
+    ft_spec,
+    load_study_base,
+    read_probe,
+    test_questions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,27 +90,23 @@ class AdapterSwapper:
         return self.model
 
 
-def eval_targets(P, paths: RunPaths, cell: Cell) -> list[tuple[float, Path]]:
-    """(epoch, weights folder) to evaluate for a finished cell: the checkpoints `eval_epochs` asked training to
-    keep (earlier than the last epoch), then the final model."""
+def eval_targets(P, paths: RunPaths, cell: Cell) -> list[tuple[float, Path, bool, bool]]:
+    """(epoch, weights folder, early_stop, final) for each checkpoint of a finished cell to evaluate: the epochs
+    `eval_epochs` kept, the early-stopping checkpoint (best held-out accuracy; Gekhman et al.'s EARLY_STOP), then
+    the final weights (the epoch the cell reached: CONVERGENCE when it trained to fit). Without an early-stopping
+    checkpoint (a fixed dose, or early stop at the last epoch) the final weights serve both readings."""
+    from ift_utils.stages.training import early_stop_of
+
     out = cell_dir(paths, cell)
     name = "model" if train_method(P) == "full" else "adapter"
-    earlier = [(float(e), out / "epochs" / f"epoch{e}" / name) for e in P.eval_epochs if e < P.epochs]
-    return [*earlier, (float(P.epochs), out / name)]
-
-
-def fit_items(paths: RunPaths, cell: Cell) -> list[dict]:
-    """The cell's own training questions with their targets (empty for general_only and no_ift)."""
-    path = group_file(paths, cell)
-    if cell.group in (NO_IFT, GENERAL_ONLY) or not path.exists():
-        return []
-    return _items(path)
-
-
-def _items(path: Path) -> list[dict]:
-    from ift_utils.interventions import example_mcq
-
-    return [{"mcq": example_mcq(ex), "target": int(ex["target"]), "own": int(ex["pred"])} for ex in read_jsonl(path)]
+    result = out / "train_result.json"
+    last = float(read_json(result).get("epochs_completed", P.epochs)) if result.exists() else float(P.epochs)
+    early = early_stop_of(P, paths, cell)
+    has_early = math.isfinite(early) and early < last
+    earlier = sorted({*P.eval_epochs, *([int(early)] if has_early else [])})
+    targets = [(float(e), out / "epochs" / f"epoch{e}" / name, has_early and e == early, False)
+               for e in earlier if e < last]
+    return [*targets, (last, out / name, not has_early, True)]
 
 
 def fit_sets(P, paths: RunPaths, cell: Cell) -> dict[tuple[str, int], list[dict]]:
@@ -120,7 +124,7 @@ def fit_sets(P, paths: RunPaths, cell: Cell) -> dict[tuple[str, int], list[dict]
         for s in seeds:
             path = group_file(paths, Cell(cell.domain, name, group, ratio, s))
             if path.exists():
-                out[(name, s)] = _items(path)
+                out[(name, s)] = fit_items_of(path)
     return out
 
 
@@ -222,9 +226,10 @@ def evaluate_all(P, paths: RunPaths, cells: list[Cell]) -> Evaluation:
         for d in P.domains:
             r, a, f = score_cell(base_model, tok, Cell(d, NO_IFT, NO_IFT, math.nan, -1), P, paths, tests[d],
                                  base_probe, 0.0, {"precision": precision})
-            rows += r
-            answers.append(a)
-            fits += f
+            marks = {"early_stop": True, "final": True}  # the control counts in both readings
+            rows += [{**row, **marks} for row in r]
+            answers.append(a.assign(**marks))
+            fits += [{**row, **marks} for row in f]
     swapper = None
     if method != "full":
         swapper = AdapterSwapper(base_model)
@@ -236,17 +241,18 @@ def evaluate_all(P, paths: RunPaths, cells: list[Cell]) -> Evaluation:
             missing.append(cell.key)
             continue
         trained = read_json(out / "train_result.json")
-        for epoch, folder in eval_targets(P, paths, cell):
+        for epoch, folder, early, final in eval_targets(P, paths, cell):
             if not folder.exists():
                 log.warning("%s: no checkpoint for epoch %g at %s (trained before eval_epochs asked for it?)",
                             cell.key, epoch, folder)
                 continue
             model = _load_full(folder, device_of(P)) if swapper is None else swapper.activate(folder)
             r, a, f = score_cell(model, tok, cell, P, paths, tests[cell.domain], base_probe, epoch,
-                                 {"trained": trained}, "" if epoch == float(P.epochs) else f".epoch{epoch:g}")
-            rows += r
-            answers.append(a)
-            fits += f
+                                 {"trained": trained}, "" if final else f".epoch{epoch:g}")
+            marks = {"early_stop": early, "final": final}
+            rows += [{**row, **marks} for row in r]
+            answers.append(a.assign(**marks))
+            fits += [{**row, **marks} for row in f]
     if missing:
         log.warning("%d cell(s) not trained yet (other shards?): %s", len(missing), ", ".join(missing[:10]))
     answers = [a for a in answers if len(a)]
@@ -255,7 +261,9 @@ def evaluate_all(P, paths: RunPaths, cells: list[Cell]) -> Evaluation:
 
 
 def final_only(P, frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the final models and the no_ift control (drops earlier `eval_epochs` checkpoints)."""
+    """Rows of the final models and the no_ift control (drops earlier checkpoints)."""
+    if "final" in frame:
+        return frame[frame["final"].astype(bool)].reset_index(drop=True)
     if "epoch" not in frame:
         return frame
     return frame[(frame["epoch"] == float(P.epochs)) | (frame["group"] == NO_IFT)].reset_index(drop=True)

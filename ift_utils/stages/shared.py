@@ -3,6 +3,8 @@ k-shot base probe and the 0-shot fine-tuned scoring, and readers of the files st
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from ift_utils.data_sources import TEST_SET_FIELDS, DomainData
@@ -10,7 +12,7 @@ from ift_utils.io import read_jsonl
 from ift_utils.paths import RunPaths
 from ift_utils.probing import PromptSpec
 from ift_utils.records import MCQ
-from ift_utils.stages.grid import device_of, train_method
+from ift_utils.stages.grid import GENERAL_ONLY, NO_IFT, Cell, device_of, group_file, train_method
 
 
 def base_spec(P, dd: DomainData, subject: str) -> PromptSpec:
@@ -92,3 +94,16 @@ def test_questions(paths: RunPaths, domain: str) -> dict[str, list[MCQ]]:
             out[t] = read_questions(paths, domain, f)
     return out
 
+
+def fit_items(paths: RunPaths, cell: Cell) -> list[dict]:
+    """The cell's own training questions with their targets (empty for general_only and no_ift)."""
+    path = group_file(paths, cell)
+    if cell.group in (NO_IFT, GENERAL_ONLY) or not path.exists():
+        return []
+    return fit_items_of(path)
+
+
+def fit_items_of(path: Path) -> list[dict]:
+    from ift_utils.interventions import example_mcq
+
+    return [{"mcq": example_mcq(ex), "target": int(ex["target"]), "own": int(ex["pred"])} for ex in read_jsonl(path)]
