@@ -20,9 +20,9 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .correlation import RATIO_GROUPS, final_epoch, ordered_unique, per_group_fits, with_consistency
 from .io import atomic_path
 from .metrics import accuracy_ci
-from .correlation import RATIO_GROUPS, final_epoch, ordered_unique, per_group_fits, with_consistency
 from .verdict import CLAIM_CONTEXTUALIZED, CLAIM_GENERAL_VS_NO_IFT, CLAIM_HARMONIOUS, CLAIM_SELF_ALIGNING
 
 GROUP_ORDER = ("harmonious", "incompatible", "self_aligning", "contextualized")

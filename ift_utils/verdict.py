@@ -165,7 +165,7 @@ class Block:
 def _group_matrix(sub: pd.DataFrame, group: str) -> pd.DataFrame:
     """Correct (0/1) of one group as seeds × question ids."""
     rows = sub[sub["group"] == group]
-    return rows.pivot_table(index="seed", columns="id", values="correct", aggfunc="mean", observed=True)
+    return rows.groupby(["seed", "id"], sort=True)["correct"].mean().unstack("id")
 
 
 def contrast_blocks(answers: pd.DataFrame, group: str, versus: str) -> list[Block]:
