@@ -246,9 +246,9 @@ def _rates(beta: float, draws: int = 200) -> dict[str, float]:
 
 def test_claim4_null_is_centred_on_zero_and_rejects_about_five_percent():
     """200 simulated studies with no association inside any replicate × condition (domains differ in mean
-    consistency and accuracy, the ratio moves both, the cells of a replicate share an effect). Measured on 1,000:
-    mean r -0.001, SD 0.26, rejection 0.056; the paper's statistic (controlling base accuracy, a step function of
-    the domain) rejects in 0.98 of them."""
+    consistency and accuracy, the ratio moves both, the cells of a replicate share an effect). Measured on these
+    200: mean r -0.006, SD 0.27, rejection 0.070 (on 1,000: -0.001, 0.26, 0.056); the paper's statistic
+    (controlling base accuracy, a step function of the domain) rejects in 0.985 of them."""
     null = _rates(0.0)
     assert abs(null["mean"]) < 0.05, null
     assert 0.01 <= null["reject"] <= 0.10, null
@@ -256,6 +256,7 @@ def test_claim4_null_is_centred_on_zero_and_rejects_about_five_percent():
 
 
 def test_claim4_finds_a_planted_association():
+    """beta 1.5 (60 studies): mean r 0.76, rejection 0.97; beta 0.8 (200): 0.56, 0.71."""
     planted = _rates(1.5, draws=60)
     assert planted["mean"] > 0.5 and planted["reject"] > 0.8, planted
 

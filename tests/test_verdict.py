@@ -254,7 +254,7 @@ def test_coverage_with_shared_questions():
     assert se_ind < 0.85 * se, (se_ind, se)
 
 
-def test_coverage_of_one_test_set_and_the_bootstrap_check():
+def test_coverage_of_one_test_set():
     """3 domains × 4 replicates × 100 questions, HOMO only: direct interval coverage and SE against the spread."""
     cov, se, sd = _coverage(40, {"n_domains": 3, "n_replicates": 4, "n_questions": 100}, row="HOMO")
     assert cov >= 0.88 and 0.8 < se / sd < 1.25, (cov, se, sd)
