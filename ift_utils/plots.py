@@ -20,20 +20,10 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .correlation import RATIO_GROUPS, final_epoch, ordered_unique, per_group_fits, with_consistency
 from .io import atomic_path
 from .metrics import accuracy_ci
-from .statistics import (
-    CLAIM_CONTEXTUALIZED,
-    CLAIM_GENERAL_VS_NO_IFT,
-    CLAIM_HARMONIOUS,
-    CLAIM_SELF_ALIGNING,
-    RATIO_GROUPS,
-    final_epoch,
-    group_differences,
-    ordered_unique,
-    per_group_fits,
-    with_consistency,
-)
+from .verdict import CLAIM_CONTEXTUALIZED, CLAIM_GENERAL_VS_NO_IFT, CLAIM_HARMONIOUS, CLAIM_SELF_ALIGNING
 
 GROUP_ORDER = ("harmonious", "incompatible", "self_aligning", "contextualized")
 CONTROL_ORDER = ("no_ift", "general_only")
@@ -51,7 +41,7 @@ GROUP_LABELS = {
     "contextualized": "contextualized",
     "mixture": "mixture",
 }
-TEST_SET_COLORS = {"HOMO": "#1b9e77", "ID": "#d95f02", "OOD": "#7570b3"}
+TEST_SET_COLORS = {"HOMO": "#1b9e77", "ID": "#d95f02", "XD": "#e7298a", "OOD": "#7570b3"}
 CLAIM_SHORT = {CLAIM_HARMONIOUS: "H − I", CLAIM_SELF_ALIGNING: "S − I", CLAIM_CONTEXTUALIZED: "C − I",
                CLAIM_GENERAL_VS_NO_IFT: "G − N"}
 _CI = ("ci", 95)
@@ -136,12 +126,17 @@ def _control_lines(ax: Axes, controls: pd.DataFrame) -> None:
 def plot_consistency_vs_accuracy(
     eval_table: pd.DataFrame, groups: Sequence[str] = RATIO_GROUPS, with_kl: bool = True
 ) -> Figure:
-    """Post-IFT accuracy vs knowledge consistency with one OLS line per test set (Fig. 3); optional KL panel."""
+    """Post-IFT accuracy vs knowledge consistency with one OLS line per test set (Fig. 3): consistency against the
+    k-shot probe (the paper's), and against the no_ift control when the eval table has it; optional KL panels."""
     data = _percent(with_consistency(eval_table))
     data = data[data["group"].isin(list(groups))]
-    xs = [("consistency", "consistency (100 × rank correlation)")]
+    xs = [("consistency", "consistency vs k-shot probe (100 × rank corr.)")]
+    if "consistency_no_ift" in data.columns and data["consistency_no_ift"].notna().any():
+        xs.append(("consistency_no_ift", "consistency vs no_ift (100 × rank corr.)"))
     if with_kl:
-        xs.append(("kl", "KL(base ‖ fine-tuned), nats"))
+        xs.append(("kl", "KL(k-shot probe ‖ fine-tuned), nats"))
+        if "kl_no_ift" in data.columns and data["kl_no_ift"].notna().any():
+            xs.append(("kl_no_ift", "KL(no_ift ‖ fine-tuned), nats"))
     fig = Figure(figsize=(5.0 * len(xs), 4.2), layout="constrained")
     axes = fig.subplots(1, len(xs), squeeze=False)[0]
     test_sets = ordered_unique(data["test_set"]) if len(data) else []
@@ -179,7 +174,8 @@ def _test_set_palette(test_sets: Sequence[str]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------- group bars
 def plot_group_comparison(eval_table: pd.DataFrame, differences: pd.DataFrame | None = None) -> Figure:
-    """Accuracy per IFT group and test set with 95% CIs, beside our paired differences vs the paper's."""
+    """Accuracy per IFT group and test set with 95% CIs, beside the verdict's differences (`differences`, rows
+    of study_verdict) vs the paper's; a difference whose interval is not estimable is drawn without bars."""
     data = _percent(eval_table)
     data = data[data["group"].isin((*CONTROL_ORDER, *GROUP_ORDER))]
     present = [g for g in (*CONTROL_ORDER, *GROUP_ORDER) if g in set(data["group"])]
@@ -202,7 +198,7 @@ def plot_group_comparison(eval_table: pd.DataFrame, differences: pd.DataFrame | 
     ax_bar.set_ylabel("accuracy (%)")
     ax_bar.set_title("Accuracy by group, controls first (95% CI over seeds)", fontsize=10)
 
-    diffs = group_differences(eval_table) if differences is None else differences
+    diffs = pd.DataFrame(columns=["claim", "test_set"]) if differences is None else differences
     diffs = diffs[diffs["claim"].isin(CLAIM_SHORT) & (diffs["test_set"] != "all")].reset_index(drop=True)
     if diffs.empty:
         _empty_note(ax_diff, "no paired differences")
@@ -215,6 +211,10 @@ def plot_group_comparison(eval_table: pd.DataFrame, differences: pd.DataFrame | 
                     color=["0.35" if c == CLAIM_GENERAL_VS_NO_IFT else "#4c72b0" for c in diffs["claim"]])
         ax_diff.bar(x + 0.2, np.nan_to_num(diffs["paper"].astype(float).to_numpy()), 0.4, label="paper",
                     color="0.7")
+        for xi, v, l_ in zip(x, ours, diffs["lo"].astype(float), strict=True):
+            if not np.isfinite(l_):  # no interval: say so instead of drawing a bar of zero width
+                ax_diff.annotate("not\nestimable", (xi - 0.2, np.nan_to_num(v)), ha="center", va="bottom",
+                                 fontsize=6, color="#c44e52")
         if "mde" in diffs.columns:
             mde = diffs["mde"].astype(float).to_numpy()
             ax_diff.scatter(x - 0.2, mde, marker="_", s=120, color="#c44e52", zorder=3,
@@ -382,4 +382,41 @@ def plot_accuracy_by_popularity(probe_frame: pd.DataFrame, n_bins: int = 5) -> F
         ax.set_ylim(0, 1)
     axes[0].set_ylabel("probe accuracy")
     fig.suptitle("Probe accuracy by entity popularity", fontsize=11)
+    return fig
+
+
+# ------------------------------------------------------------------------ differences against the fitted share
+def plot_difference_vs_fit(eval_table: pd.DataFrame, train_fit: pd.DataFrame) -> Figure:
+    """Each claim's difference from the incompatible group (points, per replicate and checkpoint) against the
+    share of its own facts the incompatible group fitted at that checkpoint, one panel per test set."""
+    keys = ["model", "domain", "seed", "epoch"]
+    ev = eval_table if "epoch" in eval_table.columns else eval_table.assign(epoch=np.nan)
+    acc = ev[ev["group"].isin(GROUP_ORDER)].groupby([*keys, "test_set", "group"])["ft_acc"].mean().unstack("group")
+    inc_fit = train_fit[train_fit["group"] == "incompatible"].groupby(keys)["fit"].mean().rename("inc_fit")
+    test_sets = ordered_unique(ev["test_set"]) if len(ev) else ["(none)"]
+    fig = Figure(figsize=(3.6 * len(test_sets) + 1.0, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(test_sets), squeeze=False, sharex=True)[0]
+    short = {"harmonious": "H − I", "self_aligning": "S − I", "contextualized": "C − I"}
+    colors = dict(zip(short, sns.color_palette("deep", 3), strict=True))
+    drawn = False
+    if "incompatible" in getattr(acc, "columns", []):
+        wide = acc.reset_index().merge(inc_fit.reset_index(), on=keys, how="inner")
+        for ax, ts in zip(axes, test_sets, strict=True):
+            sub = wide[wide["test_set"] == ts]
+            for g, label in short.items():
+                if g in sub.columns and sub[g].notna().any():
+                    d = 100 * (sub[g] - sub["incompatible"])
+                    ax.scatter(100 * sub["inc_fit"], d, s=18, color=colors[g], label=label)
+                    drawn = True
+            ax.axhline(0, color="black", lw=0.8)
+            ax.set_title(ts, fontsize=10)
+            ax.set_xlabel("incompatible facts fitted (%)")
+    for ax in axes:
+        if not ax.collections:
+            _empty_note(ax, "no cells with a training fit")
+    axes[0].set_ylabel("difference from incompatible (points)")
+    if drawn:
+        axes[-1].legend(fontsize=7, loc="best")
+    fig.suptitle("Each claim's difference against the incompatible group's fitted share (one point per replicate "
+                 "and checkpoint)", fontsize=10)
     return fig

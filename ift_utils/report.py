@@ -48,11 +48,15 @@ def toc_title(caption: str) -> str:
     return caption[: m.start()] if m else caption
 
 
-VERDICT_NOTE = ("<p>Differences are in accuracy points. <code>lo</code>–<code>hi</code>: the 95 % interval of the "
-                "question-level model named in <code>method</code>; <code>mde</code>: the smallest difference this "
-                "run would detect with 80 % power (α = 0.05, 2.80 × its SE), so “not supported” reads “smaller "
-                "than mde, if any”; <code>t_lo</code>–<code>t_hi</code>: the paired t interval over replicates, a "
-                "cross-check. Rows of kind <code>control</code> read the controls and support no claim (–).</p>")
+VERDICT_NOTE = ("<p>Differences are in accuracy points. <code>lo</code>–<code>hi</code>: the 95 % interval (t with "
+                "the df in <code>df</code>) of the question-level model named in <code>method</code>; <code>p</code>: "
+                "its two-sided p; <code>p_holm_claim</code> / <code>p_holm_all</code>: Holm-adjusted within the "
+                "claim's test sets and over all claim rows; <code>p_adj</code> decides (the primary contrast, "
+                "harmonious − incompatible on HOMO, is unadjusted). A null reads by its interval (“no: between lo "
+                "and hi points”); <code>mde</code> is a planning number: the smallest difference this run would "
+                "detect with 80 % power (α = 0.05); <code>t_lo</code>–<code>t_hi</code>: the paired t interval over "
+                "replicates, a cross-check. Rows of kind <code>control</code> and <code>reproduction</code> are "
+                "descriptive and support no claim (–); “not estimable” rows had no variance.</p>")
 
 
 def build_report(run_dir: Path, figures: list[tuple[str, str]], verdict: pd.DataFrame, headline: str,

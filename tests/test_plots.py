@@ -83,10 +83,17 @@ def test_consistency_vs_accuracy(eval_table, tmp_path):
 
 
 def test_group_comparison(eval_table, tmp_path):
-    fig = plot_group_comparison(eval_table)
+    from ift_utils.verdict import study_verdict
+
+    verdict = study_verdict(eval_table)  # no answers table: the paired t over replicates
+    fig = plot_group_comparison(eval_table, verdict)
     assert len(fig.axes) == 2
     assert len(fig.axes[1].get_xticklabels()) == 9  # 3 claims × 3 test sets
     _check(fig, tmp_path, "groups")
+    # a difference without an interval is said, not drawn as a zero-width bar
+    verdict.loc[0, ["lo", "hi", "mde"]] = float("nan")
+    texts = [t.get_text() for t in plot_group_comparison(eval_table, verdict).axes[1].texts]
+    assert texts == ["not\nestimable"]
 
 
 def test_calibration(probe_frame, tmp_path):
@@ -145,7 +152,7 @@ def test_accuracy_vs_ratio_draws_the_controls_and_labels_the_base_probe(eval_tab
 
 
 def test_group_comparison_shows_controls_and_the_mde(eval_table, tmp_path):
-    from ift_utils.statistics import CLAIM_GENERAL_VS_NO_IFT, CLAIM_HARMONIOUS
+    from ift_utils.verdict import CLAIM_GENERAL_VS_NO_IFT, CLAIM_HARMONIOUS
 
     table = _with_controls(eval_table)
     diffs = pd.DataFrame({"claim": [CLAIM_HARMONIOUS, CLAIM_GENERAL_VS_NO_IFT], "test_set": ["HOMO", "HOMO"],
@@ -185,6 +192,32 @@ def test_accuracy_vs_fit_and_vs_epoch(eval_table, tmp_path):
     _check(fig, tmp_path, "acc_vs_epoch")
 
 
+def test_consistency_vs_accuracy_shows_the_no_ift_reference_when_there(eval_table, tmp_path):
+    table = eval_table.assign(rank_corr_no_ift=eval_table["rank_corr"] * 0.8, kl_no_ift=eval_table["kl"] / 2)
+    fig = plot_consistency_vs_accuracy(table)
+    assert [ax.get_xlabel() for ax in fig.axes] == [
+        "consistency vs k-shot probe (100 × rank corr.)", "consistency vs no_ift (100 × rank corr.)",
+        "KL(k-shot probe ‖ fine-tuned), nats", "KL(no_ift ‖ fine-tuned), nats"]
+    _check(fig, tmp_path, "consistency_no_ift")
+
+
+def test_difference_vs_fit(eval_table, tmp_path):
+    from ift_utils.plots import plot_difference_vs_fit
+
+    table = _with_controls(eval_table, epochs=(1.0, 3.0))
+    cells = table[~table["group"].isin(["no_ift", "general_only"])].drop_duplicates(
+        ["model", "domain", "condition", "group", "seed", "epoch"])
+    fit = cells[["model", "domain", "condition", "group", "ratio", "seed", "epoch"]].assign(
+        n=48, fit=lambda f: f["epoch"] / 3.0, gold=0.5, own=0.3)
+    fig = plot_difference_vs_fit(table, fit)
+    assert len(fig.axes) == 3
+    assert fig.axes[-1].get_legend_handles_labels()[1] == ["H − I", "S − I", "C − I"]
+    assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == 3 * 2 * 2 * 2  # claims × domains × seeds × epochs
+    _check(fig, tmp_path, "diff_vs_fit")
+    empty = plot_difference_vs_fit(table, fit.iloc[0:0])
+    assert len(empty.axes) == 3
+
+
 def test_report_shows_the_mde_note_controls_without_a_verdict_and_extra_tables(tmp_path):
     from ift_utils.report import build_report
 
@@ -194,6 +227,6 @@ def test_report_shows_the_mde_note_controls_without_a_verdict_and_extra_tables(t
     extra = pd.DataFrame({"group": ["no_ift"], "test_set": ["HOMO"], "kl": [0.21]})
     page = build_report(tmp_path, [], verdict, "headline", tables=[("Controls' consistency", extra)])
     text = page.read_text(encoding="utf-8")
-    assert "with 80 % power" in text and "<code>mde</code>" in text
+    assert "with 80 % power" in text and "<code>mde</code>" in text and "Holm" in text
     assert "<td class='no'>no</td>" in text and "<td>–</td>" in text and "None" not in text
     assert "<h3>Controls&#x27; consistency</h3>" in text and "0.21" in text

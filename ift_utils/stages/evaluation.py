@@ -191,14 +191,15 @@ def score_cell(scorer_model, tok, cell: Cell, P, paths: RunPaths, tests: dict[st
 
 @dataclass
 class Evaluation:
-    """Stage 04's tables: one row per cell × epoch × test set, every scored answer, and each cell's fit on its
-    own training questions."""
+    """Stage 04's tables: one row per cell × checkpoint × test set, every scored answer, each cell's fit on its own
+    training questions, and the controls' fit on the same facts."""
 
     table: pd.DataFrame
     answers: pd.DataFrame
     fit: pd.DataFrame
     precision: str
     missing: list[str]
+    fit_controls: pd.DataFrame  # the controls' answers to every trained cell's facts: each fit's baseline
 
 
 def _load_full(folder: Path, device: str):
@@ -256,8 +257,11 @@ def evaluate_all(P, paths: RunPaths, cells: list[Cell]) -> Evaluation:
     if missing:
         log.warning("%d cell(s) not trained yet (other shards?): %s", len(missing), ", ".join(missing[:10]))
     answers = [a for a in answers if len(a)]
+    fits = pd.DataFrame(fits)
+    control = fits["group"].isin([NO_IFT, GENERAL_ONLY]) if len(fits) else pd.Series(dtype=bool)
     return Evaluation(pd.DataFrame(rows), pd.concat(answers, ignore_index=True) if answers else pd.DataFrame(),
-                      pd.DataFrame(fits), precision, missing)
+                      fits[~control].reset_index(drop=True) if len(fits) else fits, precision, missing,
+                      fits[control].reset_index(drop=True) if len(fits) else fits)
 
 
 def final_only(P, frame: pd.DataFrame) -> pd.DataFrame:
@@ -270,16 +274,18 @@ def final_only(P, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 
-def fit_with_baseline(fit: pd.DataFrame) -> pd.DataFrame:
+def fit_with_baseline(fit: pd.DataFrame, fit_controls: pd.DataFrame) -> pd.DataFrame:
     """Per trained cell and checkpoint: its fit on its own training facts beside the fit of the no_ift and
     general_only controls on the same facts and targets (how often the target was given without training on it)."""
     if fit.empty or "facts_of" not in fit:
         return pd.DataFrame()
-    own = fit[~fit["group"].isin([NO_IFT, GENERAL_ONLY])]
     keys = ["domain", "facts_of", "facts_seed"]
-    out = own[["domain", "condition", "group", "seed", "epoch", "facts_of", "facts_seed", "n", "fit"]]
+    out = fit[["domain", "condition", "group", "seed", "epoch", "early_stop", "final", "facts_of", "facts_seed", "n",
+               "fit"]]
     for control in (NO_IFT, GENERAL_ONLY):
-        c = fit[fit["group"] == control][[*keys, "fit"]].rename(columns={"fit": f"fit_{control}"})
+        c = fit_controls[fit_controls["group"] == control] if len(fit_controls) else fit_controls
+        c = c[[*keys, "fit"]].rename(columns={"fit": f"fit_{control}"}) if len(c) else pd.DataFrame(
+            columns=[*keys, f"fit_{control}"])
         out = out.merge(c.drop_duplicates(keys), on=keys, how="left")
     return out.drop(columns=["facts_of", "facts_seed"]).reset_index(drop=True)
 
