@@ -736,7 +736,9 @@ def equal_fit_verdict(answers: pd.DataFrame, train_fit: pd.DataFrame, n_boot: in
                       contrasts: Sequence[Contrast] = CONTRASTS[:3]) -> pd.DataFrame:
     """Each claim contrast read at the checkpoint where its two groups are fitted alike (descriptive rows beside
     the final-model verdict); empty when no cell kept more than one checkpoint."""
-    if "epoch" not in answers.columns or answers["epoch"].dropna().nunique() < 2:
+    cells = answers[answers["group"] != "no_ift"] if "epoch" in answers.columns else answers.iloc[0:0]
+    per_cell = cells.groupby(["model", "domain", "condition", "seed"])["epoch"].nunique()
+    if per_cell.empty or per_cell.max() < 2:
         return pd.DataFrame(columns=[*VERDICT_COLUMNS, "fit_group", "fit_versus"])
     scored = answers[["model", "domain", "group", "seed", "epoch"]].drop_duplicates()
     frames = []
