@@ -251,7 +251,9 @@ def per_group_fits(
             row.update(slope=float(fit.params[x]), intercept=float(fit.params["Intercept"]))
             if n >= 3:
                 lo, hi = fit.conf_int(alpha=1.0 - level).loc[x]
-                row.update(slope_lo=float(lo), slope_hi=float(hi), r2=float(fit.rsquared))
+                row.update(slope_lo=float(lo), slope_hi=float(hi))
+                if sub[y].nunique() >= 2:  # R² of a constant outcome is undefined, not -inf
+                    row["r2"] = float(fit.rsquared)
         rows.append(row)
     return pd.DataFrame(rows, columns=["group", "slope", "intercept", "slope_lo", "slope_hi", "r2", "n"])
 

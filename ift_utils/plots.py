@@ -269,8 +269,13 @@ def plot_accuracy_vs_fit(train_fit: pd.DataFrame, eval_table: pd.DataFrame) -> F
 
 
 def has_epochs(eval_table: pd.DataFrame) -> bool:
-    """True when the eval table holds more than one evaluated epoch of some cell (eval_epochs was used)."""
-    return "epoch" in eval_table.columns and eval_table["epoch"].dropna().nunique() > 1
+    """True when some trained cell of the eval table was evaluated at more than one epoch (eval_epochs was used);
+    the untrained no_ift control's own epoch does not count."""
+    if "epoch" not in eval_table.columns or eval_table.empty:
+        return False
+    cells = eval_table[eval_table["group"] != "no_ift"].dropna(subset=["epoch"])
+    keys = [c for c in ("model", "domain", "condition", "seed") if c in cells.columns]
+    return bool(len(cells)) and bool((cells.groupby(keys)["epoch"].nunique() > 1).any())
 
 
 def plot_accuracy_vs_epoch(eval_table: pd.DataFrame) -> Figure:

@@ -611,27 +611,36 @@ def _read(row: Mapping[str, Any], primary: bool, n_family: int, alpha: float) ->
     paper = row.get("paper", float("nan"))
     paper_txt = f" vs paper {paper:+.2f}" if row["kind"] == "claim" and np.isfinite(paper) else (
         " vs no paper number" if row["kind"] == "claim" else "")
+    tail = f" ({detail})" if detail else ""
     if row["kind"] == "reproduction":
+        r_txt = f"r = {est:.2f}, p = {_fmt_p(p)}" if np.isfinite(est) else "r not computable (too few cells)"
         return "descriptive", None, (f"reproduction (paper's statistic; controls only for domain here, not a "
-                                     f"test): r = {est:.2f}, p = {_fmt_p(p)}, n = {row.get('n_replicates')}; "
+                                     f"test): {r_txt}, n = {row.get('n_replicates')}; "
                                      f"paper {PAPER_PARTIAL_R[0]:.2f}-{PAPER_PARTIAL_R[1]:.2f}")
+    if corr and np.isfinite(est) and np.isfinite(p) and not np.isfinite(lo):  # a p but too few df for an interval
+        p_adj = p if primary else float(row["p_holm_all"])
+        decision = ("supported" if est > 0 else "contradicted") if np.isfinite(p_adj) and p_adj < alpha else (
+            "not supported")
+        return decision, decision == "supported", (f"{decision}: r = {est:+.2f}, interval not estimable (too few "
+                                                   f"df), p = {_fmt_p(p)}, adjusted {_fmt_p(p_adj)}{paper_txt}{tail}")
     if not (np.isfinite(lo) and np.isfinite(hi)):
         why = row.get("reading") if isinstance(row.get("reading"), str) and row.get("reading") else "no interval"
-        text = f"not estimable ({why}): {fmt(est)}{unit}; interval, p and MDE not estimable{paper_txt}"
-        return "not estimable", (False if row["kind"] == "claim" else None), f"{text} ({detail})".rstrip(" ()")
+        shown = f"{fmt(est)}{unit}" if np.isfinite(est) else "no estimate"
+        text = f"not estimable ({why}): {shown}; interval, p and MDE not estimable{paper_txt}{tail}"
+        return "not estimable", (False if row["kind"] == "claim" else None), text
     interval = f"{fmt(est)}{unit} [{lo:.2f}, {hi:.2f}]" if corr else f"{fmt(est)}{unit} [{lo:.1f}, {hi:.1f}]"
     between = f"between {lo:.2f} and {hi:.2f}" if corr else f"between {lo:.1f} and {hi:.1f} points"
     if row["kind"] == "control":
-        return "descriptive", None, f"descriptive (a control, not a test): {interval} ({detail})"
+        return "descriptive", None, f"descriptive (a control, not a test): {interval}{tail}"
     p_adj = p if primary else float(row["p_holm_all"])
     p_txt = (f"primary contrast, unadjusted p = {_fmt_p(p)}" if primary else
              f"p = {_fmt_p(p)}, Holm-adjusted {_fmt_p(p_adj)} over {n_family} claim rows "
              f"({_fmt_p(float(row['p_holm_claim']))} within the claim)")
     if np.isfinite(p_adj) and p_adj < alpha:
         decision = "supported" if est > 0 else "contradicted"
-        return decision, decision == "supported", f"{decision}: {interval}{paper_txt}; {p_txt} ({detail})"
+        return decision, decision == "supported", f"{decision}: {interval}{paper_txt}; {p_txt}{tail}"
     lead = "not supported" if not (lo > 0 or hi < 0) else "not supported after adjustment for multiplicity"
-    return "not supported", False, f"{lead}: no: {between}{paper_txt}; {p_txt} ({detail})"
+    return "not supported", False, f"{lead}: no: {between}{paper_txt}; {p_txt}{tail}"
 
 
 # ------------------------------------------------------------------------------------------ the run's verdict
@@ -647,8 +656,9 @@ def correlation_rows(eval_table: pd.DataFrame, partial: pd.DataFrame | None = No
         dof = rec["df"]
         mde = math.tanh(Z_MDE / math.sqrt(dof - 1)) if np.isfinite(dof) and dof > 1 else nan
         detail = (f"partial rank correlation given {rec['covariates']} ({rec['k']} covariate columns), "
-                  f"n = {rec['n']}, {dof:.0f} df; consistency against {ref_txt}; "
-                  f"smallest r detectable with 80 % power {mde:.2f}")
+                  f"n = {rec['n']}, {dof:.0f} df; consistency against {ref_txt}")
+        if np.isfinite(mde):
+            detail += f"; smallest r detectable with 80 % power {mde:.2f}"
         degenerate = "" if np.isfinite(rec["r"]) else "too few cells or no variation"
         rows.append({"claim": CLAIM_CONSISTENCY, "kind": "claim", "model": rec["model"], "test_set": rec["test_set"],
                      "score": "correct", "ours": rec["r"], "lo": rec["lo"], "hi": rec["hi"], "p": rec["p"],
@@ -726,7 +736,9 @@ def equal_fit_verdict(answers: pd.DataFrame, train_fit: pd.DataFrame, n_boot: in
                       contrasts: Sequence[Contrast] = CONTRASTS[:3]) -> pd.DataFrame:
     """Each claim contrast read at the checkpoint where its two groups are fitted alike (descriptive rows beside
     the final-model verdict); empty when no cell kept more than one checkpoint."""
-    if "epoch" not in answers.columns or answers["epoch"].dropna().nunique() < 2:
+    cells = answers[answers["group"] != "no_ift"] if "epoch" in answers.columns else answers.iloc[0:0]
+    per_cell = cells.groupby(["model", "domain", "condition", "seed"])["epoch"].nunique()
+    if per_cell.empty or per_cell.max() < 2:
         return pd.DataFrame(columns=[*VERDICT_COLUMNS, "fit_group", "fit_versus"])
     scored = answers[["model", "domain", "group", "seed", "epoch"]].drop_duplicates()
     frames = []
