@@ -41,6 +41,33 @@ from ift_utils.stages.shared import (
 log = logging.getLogger(__name__)
 
 
+def question_key(q: MCQ) -> str:
+    """A question's cluster for the verdict: facts questions about one entity share it wherever they are asked
+    (HOMO and ID ask about the same city; a domain's XD set is another's HOMO; OOD is the same for every domain),
+    so the bootstrap and the standard error resample them together; other questions are their own cluster."""
+    from ift_utils.data_facts import entity_of
+
+    entity = entity_of(q)
+    return f"{q.domain}|{entity}" if entity else f"{q.domain}|{q.subject}|{q.id}"
+
+
+def no_ift_scores(paths: RunPaths, domain: str) -> pd.DataFrame | None:
+    """The no_ift control's scored answers of a domain (None before it is scored): the reference of consistency
+    relative to the same 0-shot format, which measures what fine-tuning moved, not what the format moved."""
+    from ift_utils.io import read_jsonl
+
+    path = paths.eval / domain / f"{NO_IFT}.jsonl"
+    return pd.DataFrame(read_jsonl(path)) if path.exists() else None
+
+
+def consistency_against(reference: pd.DataFrame, ft: pd.DataFrame) -> dict[str, float]:
+    """KL(reference ‖ fine-tuned) and the rank correlation, averaged over the questions both scored."""
+    from ift_utils.metrics import consistency
+
+    merged = reference.merge(ft, on=["domain", "id"], suffixes=("_ref", "_ft"), validate="one_to_one")
+    return consistency(merged["probs_ref"].tolist(), merged["probs_ft"].tolist())
+
+
 def base_ft_rows(cell: Cell, test_set: str, base: pd.DataFrame, ft: pd.DataFrame, model: str,
                  epoch: float = math.nan) -> dict:
     """One row of the tidy evaluation table: accuracies and knowledge consistency for a cell and test set."""
@@ -165,6 +192,7 @@ def score_cell(scorer_model, tok, cell: Cell, P, paths: RunPaths, tests: dict[st
 
     scored = cached_frame(out, key, compute)
     trained = trained_answer_texts(paths, cell)
+    reference = scored if cell.group == NO_IFT else no_ift_scores(paths, cell.domain)
     rows, answers = [], []
     cols = ["domain", "id", "probs", "correct"]
     for t, qs in tests.items():
@@ -172,9 +200,14 @@ def score_cell(scorer_model, tok, cell: Cell, P, paths: RunPaths, tests: dict[st
         b = base[(base["probe_domain"] == cell.domain) & (base["split"] == t)][cols]
         if len(ft):
             rows.append(base_ft_rows(cell, t, b, ft.drop(columns="correct_cal"), P.model, epoch))
+            if reference is not None:
+                ref = reference[reference["test_set"] == t][cols]
+                cons = consistency_against(ref, ft.drop(columns="correct_cal"))
+                rows[-1].update({"kl_no_ift": cons["kl"], "rank_corr_no_ift": cons["rank_corr"]})
             a = answer_rows(cell, t, b, ft, P.model, epoch)
             in_training = {q.id: (gold_text(q) in trained) if trained is not None else np.nan for q in qs}
-            answers.append(a.assign(answer_trained=a["id"].map(in_training)))
+            keys = {q.id: question_key(q) for q in qs}
+            answers.append(a.assign(answer_trained=a["id"].map(in_training), qkey=a["id"].map(keys)))
     fits = []
     pred = dict(zip(scored.loc[scored["test_set"] == FIT_SET, "id"], scored.loc[scored["test_set"] == FIT_SET, "pred"],
                     strict=True))
