@@ -403,10 +403,12 @@ def _sdpa_fp32(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
 def use_fp32_attention(model: nn.Module) -> bool:
     """Switch a transformers model from "sdpa" to SDPA in fp32 (for CPU bf16 autocast); False if it is not SDPA."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
         return False
     AttentionInterface.register("sdpa_fp32", _sdpa_fp32)
+    AttentionMaskInterface.register("sdpa_fp32", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])  # the same masks as SDPA
     model.set_attn_implementation("sdpa_fp32")
     return True
 
