@@ -210,7 +210,7 @@ class TrainResult:
     precision: str = "fp32"  # compute precision trained in (see precision_label)
     shared_prefix: bool = False  # whether batches' common prefixes ran once per batch
     epochs_completed: float = 0.0  # epochs trained (fractional when cfg.epochs is)
-    stop_reason: str = "max_epochs"  # "max_epochs", or "callback" when on_epoch_end stopped it
+    stop_reason: str = "max_epochs"  # "max_epochs", or "callback" when on_epoch_end stopped it before the last epoch
     decisions: list[dict] = field(default_factory=list)  # on_epoch_end's answers: {"epoch", "stop", "save"}
 
     @classmethod
@@ -851,7 +851,7 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
         train_tokens=done["train_tokens"], losses=done["losses"], loss_tokens=done["loss_tokens"],
         n_examples=len(encoded), n_truncated=sum(e["truncated"] for e in encoded), n_dropped=n_dropped,
         precision=precision, shared_prefix=share, epochs_completed=round(reached / per_epoch, 6),
-        stop_reason="callback" if stopped else "max_epochs", decisions=done["decisions"])
+        stop_reason="callback" if stopped and reached < len(steps) else "max_epochs", decisions=done["decisions"])
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_cell(out_dir, accelerator.unwrap_model(wrapped).model, tok, cfg, result,
