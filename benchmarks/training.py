@@ -6,7 +6,7 @@ optimizer, and the variants take turns step by step, so that load from other pro
 on all of them alike. The step is `train_adapter`'s: collate, the loss module (response-only logits), backward,
 gradient clipping, AdamW and the LR schedule.
 
-Variants: today (`shared_prefix=False`, fp32), ours in fp32 (the batch's common prefix run once), ours under CPU
+Variants (noise reference: today's method from another LoRA init seed, same batches): today (`shared_prefix=False`, fp32), ours in fp32 (the batch's common prefix run once), ours under CPU
 bf16 autocast (fp32 master weights; where the CPU has bf16 units, or with --bf16 on), and full fine-tuning both
 ways. LoRA dropout is 0 so that the loss curves differ by float rounding only.
 
@@ -140,7 +140,7 @@ def _grad_gap(v: _Variant, batch: dict[str, torch.Tensor]) -> tuple[float, float
 
 def bench_training_rows(model: str = "smollm2-135m-instruct", n_examples: int = 64, batch_size: int = 8,
                         threads: int = 2, bf16: str | bool = "auto", full: bool = True, epochs: float = 1,
-                        grad_checks: int = 3) -> list[dict]:
+                        grad_checks: int = 3, noise_reference: bool = True) -> list[dict]:
     """Rows (section, measure, ours, baseline, ratio, unit, note) comparing today's training step with the new
     one on the same cells, for the benchmark driver to print."""
     from transformers import AutoTokenizer
@@ -166,6 +166,8 @@ def bench_training_rows(model: str = "smollm2-135m-instruct", n_examples: int = 
     if use_bf16:
         variants.append(_Variant("LoRA ours bf16 (shared prefix + CPU bf16 autocast)",
                                  replace(base, shared_prefix=True, cpu_bf16=True)))
+    if noise_reference:  # today's method from another LoRA init: how far loss curves move for no reason
+        variants.append(_Variant("LoRA today, other init seed (noise reference)", replace(base, seed=1)))
     if full:
         full_cfg = replace(base, method="full", learning_rate=2e-5)
         variants += [_Variant("full FT today (fp32)", full_cfg),
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     full = not (args.no_full or args.quick)
     rows = bench_training_rows(args.model, n, args.batch_size, args.threads, bf16, full, args.epochs,
-                               grad_checks=1 if args.quick else 3)
+                               grad_checks=1 if args.quick else 3, noise_reference=not args.quick)
     print_rows(rows)
     return 0
 
