@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cpu() -> str:
-    from benchmarks.run_all import cpu_model
+    from benchmarks.common import cpu_model
 
     return cpu_model()
 

@@ -11,7 +11,11 @@ Sections (one file each under benchmarks/; all use the default model in fp32 on 
 2. cloze    (benchmarks/probing.py) — our cloze scoring of the same questions: seconds per question against our letter mode.
 3. explain  (benchmarks/explanations.py) — explanation generation (`generate_explanations`, sampling as in params/default.yaml):
    new tokens/s with batches of 8 against one item at a time, on the same items.
-4. training (benchmarks/training_old.py) — LoRA-fp32 and QLoRA-NF4, each with response-only and full logits, one epoch on short chat
+4. training (benchmarks/training.py) — today's training step (every row whole) against ours (the batch's shared
+   prefix once, keys/values broadcast, gradients through them), fp32 and, where the CPU has bf16 units, bf16
+   autocast, and full fine-tuning, interleaved step by step on the same batches: examples/s, tokens/s, max |Δloss|,
+   max |Δgrad|, the share of the matmul peak counted two ways.
+4b. memory  (benchmarks/training_memory.py) — LoRA-fp32 and QLoRA-NF4, each with response-only and full logits, one epoch on short chat
    examples, each configuration in a fresh process (`benchmarks.train_worker`): tokens/s and peak RSS.
 5. eval     (benchmarks/evaluation.py) — 0-shot evaluation of fine-tuned cells as stage 04 runs it (chat template "model", cloze and letter,
    facts-suite test questions, LoRA r=16 adapters on all linear layers swapped on one base model): ours
@@ -61,11 +65,12 @@ from benchmarks.evaluation import MAX_EVAL_DELTA_P, TARGET_EVAL_SPEEDUP, bench_e
 from benchmarks.explanations import bench_explanations
 from benchmarks.machine import bench_matmul, flops_rows
 from benchmarks.probing import MAX_DELTA_P, TARGET_SPEEDUP, bench_cloze, bench_probing
-from benchmarks.training_old import bench_training
+from benchmarks.training import bench_training_rows
+from benchmarks.training_memory import bench_training
 from ift_utils.config import load_params
 from ift_utils.paths import PROJECT_ROOT
 
-SECTIONS = ("probing", "cloze", "explain", "training", "eval", "flops", "e2e")
+SECTIONS = ("probing", "cloze", "explain", "training", "memory", "eval", "flops", "e2e")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -87,6 +92,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         ap.error(f"unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
     return args
+
+
+def _number(x: Any) -> float | None:
+    """A finite number, or None (a missing reference)."""
+    return float(x) if isinstance(x, (int, float)) and x == x else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     if "explain" in args.only:
         rows += section("explain", lambda: bench_explanations(model, tok, fact_questions(sizes.explain_items), sizes))
     if "training" in args.only:
-        r, training = section("training", lambda: bench_training(args.model, tok, fact_questions(sizes.train_examples),
+        got = section("training", lambda: bench_training_rows(
+            model=args.model, n_examples=8 if args.quick else 72, batch_size=4 if args.quick else 8,
+            threads=args.threads or torch.get_num_threads(), full=not args.quick, grad_checks=1 if args.quick else 3,
+            noise_reference=not args.quick))
+        rows += [Row(r["section"], r["measure"], r["ours"], _number(r.get("baseline")), r.get("unit", ""),
+                     r.get("note", "")) for r in got]
+    if "memory" in args.only:
+        r, training = section("memory", lambda: bench_training(args.model, tok, fact_questions(sizes.train_examples),
                                                                   sizes, args.threads))
         rows += r
     if "eval" in args.only:

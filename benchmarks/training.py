@@ -38,7 +38,7 @@ SECTION = "training"
 
 def training_examples(tok: Any, n: int, seed: int = 0) -> list[dict]:
     """`n` chat examples as the default study trains them: fact questions (cloze answers) and general tasks."""
-    from benchmarks.run_all import chat_examples, fact_questions
+    from benchmarks.common import chat_examples, fact_questions
     from ift_utils.general_tasks import general_example, generate_general_tasks
 
     facts = chat_examples(tok, fact_questions(n - n // 2))

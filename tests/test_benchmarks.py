@@ -25,7 +25,7 @@ def test_markdown_escapes_pipes():
 @pytest.mark.slow
 def test_quick_run_on_tiny_model(tmp_path, tiny):
     rc = run_all.main(["--quick", "--model", "tiny-random", "--out", str(tmp_path),
-                       "--only", "probing,cloze,explain,eval,flops,e2e", "--runs-root", str(tmp_path / "runs")])
+                       "--only", "probing,cloze,explain,training,eval,flops,e2e", "--runs-root", str(tmp_path / "runs")])
     assert rc == 0
     with open(tmp_path / "bench.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -38,6 +38,7 @@ def test_quick_run_on_tiny_model(tmp_path, tiny):
     assert float(speed["value"]) > 0 and float(speed["reference"]) > 0
     assert all(float(r["value"]) <= evaluation.MAX_EVAL_DELTA_P for r in evals if r["measure"].startswith("max |Δp|"))
     assert any(r["section"] == "end to end" and r["value"] == "not run" for r in rows)
+    assert any(r["section"].startswith("training") for r in rows)
     assert "torch threads" in (tmp_path / "bench.md").read_text(encoding="utf-8")
 
 

@@ -1,4 +1,5 @@
-"""Training: tokens/s and peak RSS of each training configuration, each in a fresh process."""
+"""Training memory: tokens/s and peak RSS of LoRA fp32 against QLoRA NF4 (and full against response-only logits),
+each configuration in a fresh process so its peak memory is its own."""
 
 from __future__ import annotations
 
