@@ -100,7 +100,7 @@ def train_cell(P, paths: RunPaths, cell: Cell, model_path: str, tok=None) -> dic
     if dose and math.isfinite(dose[1]) and dose[1] < dose[0]:
         cfg = replace(cfg, save_epochs=tuple(sorted({*cfg.save_epochs, int(dose[1])})))
     monitor = None
-    if dose is None:
+    if dose is None and P.fit_target is not None:
         if tok is None:
             from ift_utils.models import load_tokenizer
 
