@@ -38,20 +38,31 @@ def test_every_stage_ran_and_manifest_is_complete(smoke):
 def test_tables_figures_and_report(smoke):
     run_dir, *_ = smoke
     table = pd.read_csv(run_dir / "tables" / "eval_table.csv")
-    assert set(table["test_set"]) == {"HOMO", "ID", "OOD"}
+    assert set(table["test_set"]) == {"HOMO", "ID", "OOD", "XD"}  # XD: cross-domain; OOD: another relation
     assert table["ft_acc"].between(0, 1).all() and (table["kl"] >= 0).all()
     assert set(table["group"]) == {"incompatible", "mixture", "self_aligning", "harmonious", "contextualized",
                                    "no_ift", "general_only"}
     no_ift = table[table["group"] == "no_ift"]
-    assert (no_ift["seed"] == -1).all() and len(no_ift) == 2 * 3  # one per domain and test set, nothing trained
+    assert (no_ift["seed"] == -1).all() and len(no_ift) == 2 * 4  # one per domain and test set, nothing trained
+    assert {"kl_no_ift", "rank_corr_no_ift", "early_stop", "final"} <= set(table.columns)
     answers = pd.read_csv(run_dir / "tables" / "answers.csv")
     assert len(answers) == table["n"].sum() and set(answers["correct"]) <= {0, 1}
+    assert set(answers["correct_cal"]) <= {0, 1} and answers["qkey"].notna().all()
+    # an entity asked in HOMO and ID is one question cluster for the verdict
+    assert answers.groupby("qkey")["test_set"].nunique().max() > 1
     fit = pd.read_csv(run_dir / "tables" / "train_fit.csv")
     assert {"fit", "gold", "own"} <= set(fit.columns) and fit["fit"].between(0, 1).all()
     assert "general_only" not in set(fit["group"])  # no domain facts to fit
+    baseline = pd.read_csv(run_dir / "tables" / "fit_baseline.csv")
+    assert {"fit", "fit_no_ift", "fit_general_only"} <= set(baseline.columns) and baseline["fit_no_ift"].notna().all()
+    curve = pd.read_csv(run_dir / "tables" / "fit_curve_shard0.csv")
+    assert {"epoch", "fit", "dev_acc"} <= set(curve.columns) and curve["epoch"].max() <= 2
     verdict = pd.read_csv(run_dir / "tables" / "verdict.csv")
     assert {"claim", "ours", "lo", "hi", "mde", "paper", "supported"} <= set(verdict.columns)
     assert "general_only − no_ift" in set(verdict["claim"])
+    assert {"p_adj", "decision", "reading"} <= set(verdict.columns)
+    for extra in ("verdict_calibrated", "verdict_checkpoints", "group_answers", "accuracy_by_trained_answer"):
+        assert (run_dir / "tables" / f"{extra}.csv").exists(), extra
     for fig in ("probe_popularity", "probe_calibration", "training_loss", "accuracy_vs_ratio",
                 "consistency_vs_accuracy", "group_comparison"):
         assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 1000, fig
