@@ -26,6 +26,8 @@ def save_questions(data: dict[str, DomainData], paths: RunPaths) -> pd.DataFrame
         for split, qs in parts.items():
             write_jsonl(paths.data / d / f"{split}.jsonl", [q.to_json() for q in qs])
             rows.append({"domain": d, "split": split, "n": len(qs)})
+        for split in set(TEST_SET_FIELDS.values()) - set(parts):  # a test set this run no longer has (XD with
+            (paths.data / d / f"{split}.jsonl").unlink(missing_ok=True)  # one domain) must not be read as current
     return pd.DataFrame(rows).pivot(index="domain", columns="split", values="n")[list(parts)]
 
 
