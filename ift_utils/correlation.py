@@ -128,6 +128,8 @@ def partial_rank_test(
     n = len(data)
     nan = float("nan")
     out: dict[str, Any] = {"r": nan, "p": nan, "lo": nan, "hi": nan, "n": n, "df": nan, "k": 0}
+    if n < 3:  # a test set without scored cells (or too few): nothing to correlate
+        return out
     dummies = [pd.get_dummies(data[c].astype(str), drop_first=True, dtype=float) for c in covariates]
     design = pd.concat([pd.Series(1.0, index=data.index, name="const"), *dummies], axis=1).to_numpy(float)
     k = int(np.linalg.matrix_rank(design)) - 1  # covariate columns beyond the constant
