@@ -118,6 +118,9 @@ def _t_p(r: float, dof: int) -> float:
     return float(2.0 * stats.t.sf(abs(r * math.sqrt(dof / (1.0 - r * r))), dof))
 
 
+MIN_TEST_DF = 3  # fewer residual degrees of freedom: r is reported, the test is not estimable
+
+
 def partial_rank_test(
     df: pd.DataFrame, x: str, y: str, covariates: Sequence[str] = ("domain", "condition"), level: float = 0.95,
 ) -> dict[str, Any]:
@@ -144,7 +147,10 @@ def partial_rank_test(
     if np.allclose(res_x, 0.0) or np.allclose(res_y, 0.0):
         return out
     r = float(np.clip(np.corrcoef(res_x, res_y)[0, 1], -1.0, 1.0))
-    out.update(r=r, p=_t_p(r, dof))
+    out.update(r=r)
+    if dof < MIN_TEST_DF:  # with 1-2 residual df a rank correlation of ±1 is the rule, not evidence
+        return out
+    out.update(p=_t_p(r, dof))
     if dof > 1 and abs(r) < 1:
         half = stats.norm.ppf(0.5 + level / 2.0) / math.sqrt(dof - 1)  # n - 3 - k
         out.update(lo=math.tanh(math.atanh(r) - half), hi=math.tanh(math.atanh(r) + half))
