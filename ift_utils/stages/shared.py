@@ -52,8 +52,12 @@ def read_probe(paths: RunPaths, domains: list[str]) -> pd.DataFrame:
 
 def read_questions(paths: RunPaths, domain: str, split: str) -> list[MCQ]:
     """Questions stage 01 wrote for a domain's split."""
-    rows = read_jsonl(paths.data / domain / f"{split}.jsonl")
-    return [MCQ(**{**r, "choices": tuple(r["choices"])}) for r in rows]
+    return read_mcq_file(paths.data / domain / f"{split}.jsonl")
+
+
+def read_mcq_file(path: Path) -> list[MCQ]:
+    """MCQs from a JSONL file in the original schema, as the stages write them."""
+    return [MCQ(**{**r, "choices": tuple(r["choices"])}) for r in read_jsonl(path)]
 
 
 def ft_spec(P, test_set: str = "HOMO") -> PromptSpec:

@@ -13,9 +13,8 @@ import pandas as pd
 from ift_utils.io import read_jsonl
 from ift_utils.paths import RunPaths
 from ift_utils.probing import score_mcqs
-from ift_utils.records import MCQ
 from ift_utils.stages.grid import GENERAL_ONLY, Cell, cell_data, cell_dir, conditions, device_of, train_method
-from ift_utils.stages.shared import fit_items, ft_spec
+from ift_utils.stages.shared import fit_items, ft_spec, read_mcq_file
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ def fit_monitor(P, paths: RunPaths, cell: Cell, tok):
     if P.fit_target is None or not items:
         return None
     dev_file = cell_data(paths, cell).parent / "fit_dev.jsonl"
-    dev = [MCQ(**{**r, "choices": tuple(r["choices"])}) for r in read_jsonl(dev_file)] if dev_file.exists() else []
+    dev = read_mcq_file(dev_file) if dev_file.exists() else []
     log_path = cell_dir(paths, cell) / FIT_LOG
     history = read_json(log_path) if log_path.exists() else {}
 
