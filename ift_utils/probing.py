@@ -364,12 +364,12 @@ def score_mcqs(model, tokenizer, questions: Sequence[MCQ], spec: PromptSpec, *, 
     cf_items, cf_index = _content_free_set(questions, spec.mode) if calibrate else ([], [])
     cf_encoded = [encode_question(tokenizer, q, spec) for q in cf_items]
     bar = progress(total=sum(len(r) for r in encoded + cf_encoded), desc=desc, disable=not show_progress)
+    # the content-free items are scored in the same pass (one shared prefix, fuller batches)
     if two_level:
-        scores = _score_two_level(model, encoded, pad, max_batch, max_tokens, bar)
-        cf_scores = _score_two_level(model, cf_encoded, pad, max_batch, max_tokens, bar) if calibrate else []
+        every = _score_two_level(model, encoded + cf_encoded, pad, max_batch, max_tokens, bar)
     else:
-        scores = _score_flat(model, encoded, pad, max_batch, max_tokens, spec.mode, bar)
-        cf_scores = _score_flat(model, cf_encoded, pad, max_batch, max_tokens, spec.mode, bar) if calibrate else []
+        every = _score_flat(model, encoded + cf_encoded, pad, max_batch, max_tokens, spec.mode, bar)
+    scores, cf_scores = every[: len(encoded)], every[len(encoded):]
     bar.close()
     probs = [_softmax(np.array(s, dtype=np.float64)) for s in scores]
     if not calibrate:

@@ -29,6 +29,34 @@ def tiny():
     return load_model("tiny-random")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): on 2 shared cores
+    OpenMP spin-waiting makes tiny ops ~100x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> str:
+    """The folder of the tiny random Llama (what train_adapter loads)."""
+    from ift_utils.models import resolve_model
+
+    return resolve_model("tiny-random")
+
+
+@pytest.fixture(scope="session")
+def tok(tiny_dir: str):
+    """The tiny model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
 @pytest.fixture
 def questions():
     from ift_utils.records import MCQ

@@ -93,7 +93,7 @@ def test_smoke_and_paper_keep_their_own_sizes(tmp_path):
     for name in ("smoke", "paper"):
         assert set(became) <= set(yaml.safe_load((PROJECT_ROOT / "params" / f"{name}.yaml").read_text())), name
     smoke = load_params(PROJECT_ROOT / "params" / "smoke.yaml")
-    assert (smoke.n_train, smoke.max_per_group, smoke.max_length) == (60, 6, 128)
+    assert (smoke.n_train, smoke.max_per_group, smoke.max_length) == (60, 4, 128)
     paper = load_params(PROJECT_ROOT / "params" / "paper.yaml", {"data_path": str(tmp_path)})
     assert (paper.n_train, paper.max_per_group) == (None, None)  # every training question, groups uncapped
 

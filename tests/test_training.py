@@ -33,25 +33,7 @@ FACTS = [("Lyon", "France"), ("Berlin", "Germany"), ("Rome", "Italy"), ("Paris",
          ("Madrid", "Spain"), ("Lisbon", "Portugal"), ("Vienna", "Austria"), ("Oslo", "Norway")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on 2 shared cores OpenMP spin-waiting makes tiny ops ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> str:
-    return resolve_model("tiny-random")
-
-
-@pytest.fixture(scope="module")
-def tok(tiny: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def examples(repeat: int = 2) -> list[dict]:
@@ -67,8 +49,8 @@ FAST = TrainConfig(lora_r=8, lora_alpha=32, epochs=4, learning_rate=5e-2, batch_
 
 
 @pytest.fixture(scope="module")
-def lora_cell(tiny: str, tmp_path_factory) -> TrainResult:
-    return train_adapter(tiny, examples(), FAST, tmp_path_factory.mktemp("cells") / "lora", progress=False)
+def lora_cell(tiny_dir: str, tmp_path_factory) -> TrainResult:
+    return train_adapter(tiny_dir, examples(), FAST, tmp_path_factory.mktemp("cells") / "lora", progress=False)
 
 
 def test_prompt_tokens_are_masked_exactly(tok) -> None:
@@ -108,11 +90,11 @@ def test_batches_are_seeded_length_grouped_and_cover_every_example() -> None:
     assert per_epoch == 4 and len(steps) == 6 and all(len(s.micro) == 4 for s in steps)
 
 
-def test_response_only_logits_loss_equals_full_logits_loss(tiny: str, tok) -> None:
+def test_response_only_logits_loss_equals_full_logits_loss(tiny_dir: str, tok) -> None:
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
-    model = get_peft_model(load_base(tiny, "lora", device="cpu"),
+    model = get_peft_model(load_base(tiny_dir, "lora", device="cpu"),
                            LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM"))
     for name, p in model.named_parameters():  # non-zero lora_B so the adapter takes part
         if "lora_B" in name:
@@ -133,7 +115,7 @@ def test_response_only_logits_loss_equals_full_logits_loss(tiny: str, tok) -> No
         torch.testing.assert_close(g, grads[1][name], rtol=1e-4, atol=1e-6)
 
 
-def test_lora_loss_falls_and_cell_is_complete(lora_cell: TrainResult, tiny: str) -> None:
+def test_lora_loss_falls_and_cell_is_complete(lora_cell: TrainResult, tiny_dir: str) -> None:
     per_epoch = lora_cell.steps // 4
     first, last = np.mean(lora_cell.losses[:per_epoch]), np.mean(lora_cell.losses[-per_epoch:])
     assert last < first - 0.1, (first, last)
@@ -145,36 +127,36 @@ def test_lora_loss_falls_and_cell_is_complete(lora_cell: TrainResult, tiny: str)
     assert json.loads((out / "train_config.json").read_text())["config"]["lora_r"] == 8
     assert lora_cell.train_tokens > lora_cell.loss_tokens > 0 and lora_cell.peak_rss_mb > 0
     assert lora_cell.n_examples == 16 and lora_cell.peak_gpu_mb is None
-    model = load_trained(tiny, out, "lora")
-    base = load_base(tiny, "lora", device="cpu").eval()
+    model = load_trained(tiny_dir, out, "lora")
+    base = load_base(tiny_dir, "lora", device="cpu").eval()
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         assert not torch.allclose(model(ids).logits, base(ids).logits)
 
 
-def test_finished_cell_is_skipped(lora_cell: TrainResult, tiny: str) -> None:
+def test_finished_cell_is_skipped(lora_cell: TrainResult, tiny_dir: str) -> None:
     def fail(step: int, loss: float) -> None:
         raise AssertionError("a finished cell must not train again")
 
-    again = train_adapter(tiny, examples(), FAST, lora_cell.out_dir, progress=False, on_step=fail)
+    again = train_adapter(tiny_dir, examples(), FAST, lora_cell.out_dir, progress=False, on_step=fail)
     assert again == lora_cell
 
 
-def test_finished_cell_with_other_data_is_trained_again(tiny: str, tmp_path: Path) -> None:
-    first = train_adapter(tiny, examples(), FAST, tmp_path / "cell", progress=False)
+def test_finished_cell_with_other_data_is_trained_again(tiny_dir: str, tmp_path: Path) -> None:
+    first = train_adapter(tiny_dir, examples(), FAST, tmp_path / "cell", progress=False)
     steps: list[int] = []
     other = examples()[:-1]
-    again = train_adapter(tiny, other, FAST, tmp_path / "cell", progress=False, on_step=lambda s, _: steps.append(s))
+    again = train_adapter(tiny_dir, other, FAST, tmp_path / "cell", progress=False, on_step=lambda s, _: steps.append(s))
     assert steps, "a cell finished on other data must train again"
     assert again.n_examples == len(other) != first.n_examples
 
 
-def test_full_finetuning_learns_and_reloads(tiny: str, tmp_path: Path) -> None:
+def test_full_finetuning_learns_and_reloads(tiny_dir: str, tmp_path: Path) -> None:
     cfg = TrainConfig(method="full", epochs=3, learning_rate=1e-2, batch_size=4, warmup_ratio=0.0, max_length=64)
-    result = train_adapter(tiny, examples(), cfg, tmp_path / "full", progress=False)
+    result = train_adapter(tiny_dir, examples(), cfg, tmp_path / "full", progress=False)
     assert np.mean(result.losses[-4:]) < np.mean(result.losses[:4]) - 1.0, result.losses
     assert (tmp_path / "full" / "model" / "model.safetensors").exists()
-    model = load_trained(tiny, tmp_path / "full", "full")
+    model = load_trained(tiny_dir, tmp_path / "full", "full")
     assert not model.training and model.get_input_embeddings().weight.shape[0] > 0
 
 
@@ -190,17 +172,17 @@ def _stop_at(k: int):
     return hook
 
 
-def test_resume_after_interruption_gives_identical_adapter(tiny: str, tmp_path: Path) -> None:
+def test_resume_after_interruption_gives_identical_adapter(tiny_dir: str, tmp_path: Path) -> None:
     cfg = TrainConfig(lora_r=4, lora_dropout=0.1, epochs=2, batch_size=4, save_every=3, learning_rate=1e-2,
                       seed=7, max_length=64)
     data = examples()
-    whole = train_adapter(tiny, data, cfg, tmp_path / "whole", progress=False)
+    whole = train_adapter(tiny_dir, data, cfg, tmp_path / "whole", progress=False)
     with pytest.raises(Interrupt):
-        train_adapter(tiny, data, cfg, tmp_path / "resumed", progress=False, on_step=_stop_at(5))
+        train_adapter(tiny_dir, data, cfg, tmp_path / "resumed", progress=False, on_step=_stop_at(5))
     assert not is_done(tmp_path / "resumed")
     assert (tmp_path / "resumed" / "checkpoints" / "step-3" / "state.json").exists()
     seen: list[int] = []
-    resumed = train_adapter(tiny, data, cfg, tmp_path / "resumed", progress=False,
+    resumed = train_adapter(tiny_dir, data, cfg, tmp_path / "resumed", progress=False,
                             on_step=lambda step, loss: seen.append(step))
     assert seen[0] == 4  # restarted after the checkpoint at step 3
     assert resumed.losses == whole.losses and resumed.steps == whole.steps == 8
@@ -245,7 +227,7 @@ b = load_file(str(out / "resumed" / "adapter" / "adapter_model.safetensors"))
 
 
 @pytest.mark.slow  # two worker processes, each importing torch + transformers (~15-25 s on 2 cores)
-def test_two_process_ddp_on_cpu_resumes_exactly_and_matches_grad_accum(tiny: str, tmp_path: Path) -> None:
+def test_two_process_ddp_on_cpu_resumes_exactly_and_matches_grad_accum(tiny_dir: str, tmp_path: Path) -> None:
     import os
     import subprocess
     import sys
@@ -265,7 +247,7 @@ def test_two_process_ddp_on_cpu_resumes_exactly_and_matches_grad_accum(tiny: str
     assert report["steps"] == 4 and report["same_losses"] and report["same_adapter"]
     # 2 processes x batch 2 = 1 process x batch 2 x grad_accum 2: the same batches and token-weighted loss
     cfg = TrainConfig(lora_r=4, lora_dropout=0.0, epochs=2, batch_size=2, grad_accum=2, max_length=64, seed=3)
-    single = train_adapter(tiny, data, cfg, tmp_path / "single", progress=False)
+    single = train_adapter(tiny_dir, data, cfg, tmp_path / "single", progress=False)
     np.testing.assert_allclose(single.losses, report["nodrop"], rtol=0, atol=1e-5)
 
 
@@ -282,14 +264,14 @@ def _bnb_cpu_4bit() -> str | None:
     return None
 
 
-def test_qlora_on_cpu_saves_bit_exact_and_learns(tiny: str, tmp_path: Path) -> None:
+def test_qlora_on_cpu_saves_bit_exact_and_learns(tiny_dir: str, tmp_path: Path) -> None:
     reason = _bnb_cpu_4bit()
     if reason:
         pytest.skip(reason)
     import bitsandbytes as bnb
     from transformers import AutoModelForCausalLM
 
-    model = load_base(tiny, "qlora", device="cpu").eval()
+    model = load_base(tiny_dir, "qlora", device="cpu").eval()
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -306,9 +288,9 @@ def test_qlora_on_cpu_saves_bit_exact_and_learns(tiny: str, tmp_path: Path) -> N
         assert torch.equal(again.eval()(torch.tensor([[5, 6, 7, 8]])).logits, logits)
 
     cfg = TrainConfig(**{**FAST.__dict__, "method": "qlora", "epochs": 3})
-    result = train_adapter(tiny, examples(), cfg, tmp_path / "qlora", progress=False)
+    result = train_adapter(tiny_dir, examples(), cfg, tmp_path / "qlora", progress=False)
     assert np.mean(result.losses[-4:]) < np.mean(result.losses[:4]) - 0.1, result.losses
-    trained = load_trained(tiny, tmp_path / "qlora", "qlora")
+    trained = load_trained(tiny_dir, tmp_path / "qlora", "qlora")
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in trained.modules())
 
 
@@ -317,11 +299,11 @@ def test_unknown_method_is_rejected() -> None:
         TrainConfig(method="adapter")
 
 
-def test_save_epochs_keeps_earlier_weights_that_differ_from_the_final(tiny: str, tmp_path: Path) -> None:
+def test_save_epochs_keeps_earlier_weights_that_differ_from_the_final(tiny_dir: str, tmp_path: Path) -> None:
     from dataclasses import replace
 
     cfg = replace(FAST, epochs=2, save_epochs=(1,))
-    train_adapter(tiny, examples(1), cfg, tmp_path / "cell", progress=False)
+    train_adapter(tiny_dir, examples(1), cfg, tmp_path / "cell", progress=False)
     early = tmp_path / "cell" / "epochs" / "epoch1" / "adapter" / "adapter_model.safetensors"
     final = tmp_path / "cell" / "adapter" / "adapter_model.safetensors"
     assert early.exists() and final.exists()

@@ -12,7 +12,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ift_utils.models import resolve_model
 from ift_utils.training import (
     IGNORE,
     MIN_SHARED_PREFIX,
@@ -34,25 +33,7 @@ SYSTEM = "A chat between a curious user and an assistant. USER: "
 WORDS = ["Lyon", "Berlin", "Rome", "Paris", "Madrid", "Lisbon", "Vienna", "Oslo", "Porto", "Turin", "Bonn", "Nice"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on 2 shared cores OpenMP spin-waiting makes tiny ops ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> str:
-    return resolve_model("tiny-random")
-
-
-@pytest.fixture(scope="module")
-def tok(tiny: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def data(n: int = 12) -> list[dict]:
@@ -70,11 +51,11 @@ def _grads(model, batch: dict, shared: bool) -> tuple[float, dict[str, torch.Ten
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
-def test_shared_prefix_gives_the_same_loss_and_gradients(tiny: str, tok, method: str) -> None:
+def test_shared_prefix_gives_the_same_loss_and_gradients(tiny_dir: str, tok, method: str) -> None:
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
-    model = load_base(tiny, "lora", device="cpu")
+    model = load_base(tiny_dir, "lora", device="cpu")
     if method == "lora":
         model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0,
                                                  task_type="CAUSAL_LM"))
@@ -107,8 +88,8 @@ def test_shared_prefix_length_stops_at_the_first_difference_and_before_the_first
     assert shared_prefix_length(ids[:1], mask[:1], labels[:1]) == 0  # one row: nothing to share
 
 
-def test_prefix_sharing_falls_back_where_unchecked(tiny: str) -> None:
-    model = load_base(tiny, "lora", device="cpu")
+def test_prefix_sharing_falls_back_where_unchecked(tiny_dir: str) -> None:
+    model = load_base(tiny_dir, "lora", device="cpu")
     assert prefix_sharing_ok(model, TrainConfig(), 1) == (True, "")
     assert not prefix_sharing_ok(model, TrainConfig(gradient_checkpointing=True), 1)[0]
     assert not prefix_sharing_ok(model, TrainConfig(), 2)[0]
@@ -138,10 +119,10 @@ FAST = TrainConfig(lora_r=4, lora_alpha=16, lora_dropout=0.1, epochs=4, learning
                    warmup_ratio=0.0, max_length=128, seed=5)
 
 
-def test_precision_is_recorded_and_bf16_trains_close_to_fp32(tiny: str, tmp_path: Path) -> None:
+def test_precision_is_recorded_and_bf16_trains_close_to_fp32(tiny_dir: str, tmp_path: Path) -> None:
     cfg = replace(FAST, epochs=1, lora_dropout=0.0)
-    fp32 = train_adapter(tiny, data(8), cfg, tmp_path / "fp32", progress=False)
-    bf16 = train_adapter(tiny, data(8), replace(cfg, cpu_bf16=True), tmp_path / "bf16", progress=False)
+    fp32 = train_adapter(tiny_dir, data(8), cfg, tmp_path / "fp32", progress=False)
+    bf16 = train_adapter(tiny_dir, data(8), replace(cfg, cpu_bf16=True), tmp_path / "bf16", progress=False)
     assert fp32.precision == "fp32" and fp32.shared_prefix
     assert bf16.precision == "bf16 autocast, fp32 weights"
     np.testing.assert_allclose(bf16.losses, fp32.losses, atol=0.02)
@@ -193,10 +174,10 @@ class Judge:
         return EpochDecision(stop=epoch == 2, save=epoch == 1)
 
 
-def test_callback_stops_saves_and_resumes_alike(tiny: str, tmp_path: Path) -> None:
+def test_callback_stops_saves_and_resumes_alike(tiny_dir: str, tmp_path: Path) -> None:
     judge = Judge()
     modes: list[bool] = []
-    whole = train_adapter(tiny, data(), FAST, tmp_path / "whole", progress=False, on_epoch_end=judge,
+    whole = train_adapter(tiny_dir, data(), FAST, tmp_path / "whole", progress=False, on_epoch_end=judge,
                           on_step=lambda s, _: modes.append(judge.model is None or judge.model.training))
     per_epoch = 3  # 12 examples, batch 4
     assert judge.calls == [(1, False, False), (2, False, False)] and all(modes)  # train mode restored
@@ -215,10 +196,10 @@ def test_callback_stops_saves_and_resumes_alike(tiny: str, tmp_path: Path) -> No
 
     # interrupted in epoch 2, after epoch 1's decision was checkpointed: resumed, epoch 1 is not asked again
     with pytest.raises(Interrupt):
-        train_adapter(tiny, data(), FAST, tmp_path / "resumed", progress=False, on_epoch_end=Judge(),
+        train_adapter(tiny_dir, data(), FAST, tmp_path / "resumed", progress=False, on_epoch_end=Judge(),
                       on_step=crash_at(per_epoch + 1))
     again = Judge()
-    resumed = train_adapter(tiny, data(), FAST, tmp_path / "resumed", progress=False, on_epoch_end=again)
+    resumed = train_adapter(tiny_dir, data(), FAST, tmp_path / "resumed", progress=False, on_epoch_end=again)
     assert [c[0] for c in again.calls] == [2]
     assert resumed.losses == whole.losses and resumed.decisions == whole.decisions
     a = load_file(str(tmp_path / "whole" / "adapter" / "adapter_model.safetensors"))
@@ -227,27 +208,27 @@ def test_callback_stops_saves_and_resumes_alike(tiny: str, tmp_path: Path) -> No
 
     # interrupted right after the stop was decided and checkpointed: the resumed run stops without training
     with pytest.raises(Interrupt):
-        train_adapter(tiny, data(), FAST, tmp_path / "stopped", progress=False, on_epoch_end=Judge(),
+        train_adapter(tiny_dir, data(), FAST, tmp_path / "stopped", progress=False, on_epoch_end=Judge(),
                       on_step=crash_at(2 * per_epoch))
     late = Judge()
     steps: list[int] = []
-    done = train_adapter(tiny, data(), FAST, tmp_path / "stopped", progress=False, on_epoch_end=late,
+    done = train_adapter(tiny_dir, data(), FAST, tmp_path / "stopped", progress=False, on_epoch_end=late,
                          on_step=lambda s, _: steps.append(s))
     assert not late.calls and not steps
     assert done.stop_reason == "callback" and done.losses == whole.losses and done.epochs_completed == 2
 
 
-def test_without_callback_all_epochs_run(tiny: str, tmp_path: Path) -> None:
-    result = train_adapter(tiny, data(8), replace(FAST, epochs=2), tmp_path / "cell", progress=False,
+def test_without_callback_all_epochs_run(tiny_dir: str, tmp_path: Path) -> None:
+    result = train_adapter(tiny_dir, data(8), replace(FAST, epochs=2), tmp_path / "cell", progress=False,
                            on_epoch_end=lambda model, epoch: None)
     assert result.stop_reason == "max_epochs" and result.epochs_completed == 2 and result.steps == 4
     assert [d["epoch"] for d in result.decisions] == [1, 2]
 
 
-def test_fp32_attention_for_bf16_autocast_gives_the_same_logits(tiny: str) -> None:
+def test_fp32_attention_for_bf16_autocast_gives_the_same_logits(tiny_dir: str) -> None:
     from ift_utils.training import use_fp32_attention
 
-    model = load_base(tiny, "lora", device="cpu").eval()
+    model = load_base(tiny_dir, "lora", device="cpu").eval()
     ids = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 6, 7, 8, 1, 1]])
     mask = torch.tensor([[1] * 6, [1] * 4 + [0, 0]])  # padding: the mask must reach the new attention
     with torch.no_grad():

@@ -95,24 +95,43 @@ def answer_rows(cell: Cell, test_set: str, base: pd.DataFrame, ft: pd.DataFrame,
 
 
 class AdapterSwapper:
-    """Keeps one base model in memory and swaps LoRA adapters on it (no reload per cell)."""
+    """Keeps one base model in memory and swaps LoRA adapters on it (no reload per cell). An adapter of the same
+    shape as the active one (rank, alpha, target modules: every cell of a run) is swapped by loading its weights
+    into the active adapter's tensors; another shape is injected as a new adapter (~1 s on a 135M model)."""
 
     def __init__(self, base):
-        self.base, self.model, self.current = base, None, None
+        self.base, self.model, self.current, self.shape = base, None, None, None
+
+    @staticmethod
+    def _shape(config) -> dict:
+        keep = ("peft_type", "r", "lora_alpha", "target_modules", "modules_to_save", "use_rslora", "use_dora",
+                "rank_pattern", "alpha_pattern", "layers_to_transform", "bias", "fan_in_fan_out")
+        d = config.to_dict()
+        return {k: (sorted(d[k]) if isinstance(d.get(k), (set, list)) else d.get(k)) for k in keep}
 
     def activate(self, adapter_dir: Path):
-        from peft import PeftModel
+        from peft import PeftConfig, PeftModel, set_peft_model_state_dict
+        from safetensors.torch import load_file
 
-        name = "a" + str(abs(hash(str(adapter_dir))))
-        if name == self.current:
+        key = str(adapter_dir)
+        if key == self.current:
             return self.model
+        name = "a" + str(abs(hash(key)))
+        weights = Path(adapter_dir) / "adapter_model.safetensors"
         if self.model is None:
             self.model = PeftModel.from_pretrained(self.base, adapter_dir, adapter_name=name)
+            self.active, self.shape = name, self._shape(self.model.peft_config[name])
+        elif weights.exists() and self._shape(PeftConfig.from_pretrained(adapter_dir)) == self.shape:
+            loaded = set_peft_model_state_dict(self.model, load_file(weights), adapter_name=self.active)
+            if loaded.unexpected_keys:
+                raise RuntimeError(f"{adapter_dir}: weights the active adapter does not have: "
+                                   f"{loaded.unexpected_keys[:3]}")
         else:
             self.model.load_adapter(adapter_dir, adapter_name=name)
             self.model.set_adapter(name)
-            self.model.delete_adapter(self.current)
-        self.current = name
+            self.model.delete_adapter(self.active)
+            self.active, self.shape = name, self._shape(self.model.peft_config[name])
+        self.current = key
         self.model.eval()
         return self.model
 
@@ -178,16 +197,21 @@ def score_cell(scorer_model, tok, cell: Cell, P, paths: RunPaths, tests: dict[st
     fit_qs = list({it["mcq"].id: it["mcq"] for items in fsets.values() for it in items}.values())
     sets = {**tests, FIT_SET: fit_qs}
     key = {"cell": cell.key, "epoch": epoch, "spec": [P.scoring, P.chat_template, P.prompt_style], "encoder": ENCODER,
-           "calibrate": True, **key_extra,
+           "calibrate": True, "passes": "one per spec", **key_extra,
            "questions": {t: [q.to_json() for q in qs] for t, qs in sets.items()}}
 
     def compute() -> pd.DataFrame:
-        frames = []
+        # one scoring pass per prompt spec (the facts suite: one for every set), calibrated (unused for FIT_SET):
+        # fewer, fuller batches than a pass per test set, the shared prefix encoded once
+        by_spec: dict = {}
         for t, qs in sets.items():
             if qs:
-                f = score_mcqs(scorer_model, tok, qs, ft_spec(P, t), max_batch=P.batch_size_eval,
-                               desc=f"eval {cell.key} e{epoch:g} {t}", calibrate=t != FIT_SET)
-                frames.append(f.assign(test_set=t))
+                by_spec.setdefault(ft_spec(P, t), []).append((t, qs))
+        frames = []
+        for spec, parts in by_spec.items():
+            f = score_mcqs(scorer_model, tok, [q for _, qs in parts for q in qs], spec, max_batch=P.batch_size_eval,
+                           desc=f"eval {cell.key} e{epoch:g}", calibrate=True)
+            frames.append(f.assign(test_set=[t for t, qs in parts for _ in qs]))
         return pd.concat(frames, ignore_index=True)
 
     scored = cached_frame(out, key, compute)
@@ -304,7 +328,6 @@ def final_only(P, frame: pd.DataFrame) -> pd.DataFrame:
     if "epoch" not in frame:
         return frame
     return frame[(frame["epoch"] == float(P.epochs)) | (frame["group"] == NO_IFT)].reset_index(drop=True)
-
 
 
 def fit_with_baseline(fit: pd.DataFrame, fit_controls: pd.DataFrame) -> pd.DataFrame:

@@ -72,12 +72,11 @@ def fit_monitor(P, paths: RunPaths, cell: Cell, tok):
     history = read_json(log_path) if log_path.exists() else {}
 
     def on_epoch_end(model, epoch: int) -> EpochDecision:
-        spec = ft_spec(P)
-        preds = score_mcqs(model, tok, [it["mcq"] for it in items], spec, max_batch=P.batch_size_eval,
-                           show_progress=False)["pred"]
+        scored = score_mcqs(model, tok, [*(it["mcq"] for it in items), *dev], ft_spec(P),
+                            max_batch=P.batch_size_eval, show_progress=False)  # one pass: own facts, then fit_dev
+        preds = scored["pred"].iloc[: len(items)]
         fit = float(np.mean([int(p) == it["target"] for p, it in zip(preds, items, strict=True)]))
-        dev_acc = (float(score_mcqs(model, tok, dev, spec, max_batch=P.batch_size_eval, show_progress=False)
-                         ["correct"].mean()) if dev else math.nan)
+        dev_acc = float(scored["correct"].iloc[len(items):].mean()) if dev else math.nan
         earlier = [v["dev_acc"] for k, v in history.items() if int(k) < epoch]
         best = not earlier or (dev_acc > max(earlier))
         history[str(epoch)] = {"epoch": epoch, "fit": fit, "dev_acc": dev_acc, "n_fit": len(items), "n_dev": len(dev)}
@@ -107,9 +106,9 @@ def train_cell(P, paths: RunPaths, cell: Cell, model_path: str, tok=None) -> dic
                                  allow_pickle=P.allow_pickle)
         monitor = fit_monitor(P, paths, cell, tok)
     res: TrainResult = train_adapter(model_path, examples, cfg, cell_dir(paths, cell), on_epoch_end=monitor)
-    prune_checkpoints(P, paths, cell)
     curve = fit_curve(paths, cell)
     early = early_stop_epoch(curve) if dose is None else dose[1]
+    prune_checkpoints(P, paths, cell, early)
     return {"cell": cell.key, "domain": cell.domain, "condition": cell.condition, "group": cell.group,
             "ratio": cell.ratio, "seed": cell.seed, "method": cfg.method, "precision": res.precision,
             "examples": res.n_examples, "epochs": res.epochs_completed, "stop": res.stop_reason,
@@ -138,12 +137,11 @@ def early_stop_epoch(curve: pd.DataFrame) -> float:
     return float(curve.loc[curve["dev_acc"].idxmax(), "epoch"])
 
 
-def prune_checkpoints(P, paths: RunPaths, cell: Cell) -> None:
-    """Drop the early-stopping candidates that lost (kept: the best epoch, the eval_epochs, the final weights)."""
+def prune_checkpoints(P, paths: RunPaths, cell: Cell, best: float) -> None:
+    """Drop the early-stopping candidates that lost (kept: `best`, the early-stopping epoch; the eval_epochs; the
+    final weights)."""
     import shutil
 
-    dose = dose_epochs(P, paths, cell)
-    best = early_stop_epoch(fit_curve(paths, cell)) if dose is None else dose[1]
     folder = cell_dir(paths, cell) / "epochs"
     for d in sorted(folder.glob("epoch*")) if folder.exists() else []:
         e = int(d.name.removeprefix("epoch"))
