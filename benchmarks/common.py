@@ -59,12 +59,13 @@ class Sizes:
     train_batch: int = 4
     eval_questions: int = 100
     eval_cells: int = 2
+    harness_questions: int = 100
     matmul_seconds: float = 1.0
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(per_subject=2, explain_items=4, explain_batch=2, explain_new_tokens=8, train_examples=4,
-                   train_batch=2, eval_questions=4, eval_cells=1, matmul_seconds=0.1)
+                   train_batch=2, eval_questions=4, eval_cells=1, harness_questions=4, matmul_seconds=0.1)
 
 
 @dataclass
@@ -226,5 +227,6 @@ def machine_meta(args, sizes: Sizes) -> dict:
             "our scorer": f"score_mcqs max_batch {args.max_batch}, max_tokens 4096",
             "sizes": f"{sizes.per_subject} questions × {len(args.subjects)} subjects, {sizes.k_shot}-shot; "
                      f"{sizes.explain_items} explanation items; {sizes.train_examples} training examples; "
-                     f"evaluation {sizes.eval_questions} questions × {sizes.eval_cells} cells"}
+                     f"evaluation {sizes.eval_questions} questions × {sizes.eval_cells} cells; "
+                     f"harness {sizes.harness_questions} questions"}
 

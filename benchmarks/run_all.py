@@ -23,6 +23,13 @@ Sections (one file each under benchmarks/; all use the default model in fp32 on 
    against the previous method (`two_level=False`: one row per option on the shared-prefix cache), interleaved
    cell by cell on the same cells and questions. Scored options/s, speed-up, max |Δp|. The adapters are random
    (lora_B ~ N(0, 0.02)): trained weights cost the same.
+5b. harness (benchmarks/harness.py) — ours against lm-evaluation-harness, the tool a researcher would otherwise use:
+   cloze log-likelihood scoring of facts-suite questions, k-shot as stage 01 probes them, by `score_mcqs` and by
+   lm-eval's Hugging Face backend (`HFLM.loglikelihood`, same model object, same context and option strings).
+   Questions/s, options/s, speed-up, max |Δ| of each option's mean log-prob (lm-eval's sum ÷ its continuation
+   tokens), same-choice share, and whether both tokenize the context/option seam alike. Needs lm_eval, which
+   `make bench` installs (requirements-bench.txt); without it this section fails with that message (exit status 1)
+   and the others still run.
 6. flops    (benchmarks/machine.py) — fp32 matmul FLOP/s of torch on this machine (1024³ and the model's MLP shapes), and the
    achieved FLOP/s of probing (2 × non-embedding parameters × tokens processed / s) and of a training
    step (6 × non-embedding parameters × tokens / s) as a fraction of the best matmul rate.
@@ -32,7 +39,9 @@ Timing: `time.perf_counter`, one untimed warm-up before each timed measurement, 
 for everything that does not train. Writes bench.csv and bench.md (date, CPU, threads, versions) under
 --out and prints the markdown table. Exit status 1 when ours and the original loop disagree by more than
 1e-4 in any option probability. `--quick` shrinks every size to check that the code runs: its figures say
-nothing about speed. Exit status 1 also when the evaluation methods disagree by more than 1e-5.
+nothing about speed. Exit status 1 also when the evaluation methods disagree by more than 1e-5, when ours and
+lm-eval differ by more than 1e-4 in an option's mean log-prob where both tokenize it alike, or when lm_eval is
+missing (harness section).
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ from benchmarks.common import (
 from benchmarks.end_to_end import e2e_rows
 from benchmarks.evaluation import MAX_EVAL_DELTA_P, TARGET_EVAL_SPEEDUP, bench_eval, eval_questions
 from benchmarks.explanations import bench_explanations
+from benchmarks.harness import MAX_HARNESS_DELTA, HarnessUnavailable, bench_harness, harness_set
 from benchmarks.machine import bench_matmul, flops_rows
 from benchmarks.probing import MAX_DELTA_P, TARGET_SPEEDUP, bench_cloze, bench_probing
 from benchmarks.training import bench_training_rows
@@ -70,7 +80,7 @@ from benchmarks.training_memory import bench_training
 from ift_utils.config import load_params
 from ift_utils.paths import PROJECT_ROOT
 
-SECTIONS = ("probing", "cloze", "explain", "training", "memory", "eval", "flops", "e2e")
+SECTIONS = ("probing", "cloze", "explain", "training", "memory", "eval", "harness", "flops", "e2e")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -172,6 +182,21 @@ def main(argv: list[str] | None = None) -> int:
         fast = ev["cloze_speedup"] >= TARGET_EVAL_SPEEDUP
         checks.append(f"{'PASS' if fast else 'BELOW TARGET'}: evaluation (cloze) speed-up {ev['cloze_speedup']:.2f}× "
                       f"(target ≥ {TARGET_EVAL_SPEEDUP:g}×){' — quick run, not meaningful' if args.quick else ''}")
+    if "harness" in args.only:
+        try:
+            spec, questions = harness_set(sizes.harness_questions)
+            r, hv = section("harness", lambda: bench_harness(model, tok, questions, spec, args.max_batch))
+            rows += r
+            ok = hv["delta_alike"] <= MAX_HARNESS_DELTA
+            failed |= not ok
+            checks.append(f"{'PASS' if ok else 'FAIL'}: ours vs lm-eval max |Δ mean log-prob| = {hv['delta']:.1e} "
+                          f"(limit {MAX_HARNESS_DELTA:g} on the {hv['alike']}/{hv['options']} options both tokenize "
+                          f"alike: {hv['delta_alike']:.1e}), same choice on {hv['same']:.0%} of questions")
+        except HarnessUnavailable as e:
+            print(f"[bench] harness: FAILED: {e}", file=sys.stderr, flush=True)
+            rows.append(Row("harness (lm-eval cloze)", "not run", "not run", note=str(e)))
+            checks.append(f"FAIL: harness section not run: {e}")
+            failed = True
     if "flops" in args.only:
         rows += flops_rows(non_embedding_params(model), peak, probing, training)
     if "e2e" in args.only:

@@ -55,3 +55,34 @@ def test_train_worker_times_steps_after_the_first(tmp_path, tiny):
                                                      "max_length": 160, "lora_r": 4, "lora_alpha": 8}})
     assert out["steps"] == 2 and out["timed_steps"] == 1 and out["warm_up_excluded"]
     assert out["tokens_per_s"] > 0 and out["peak_rss_mb"] > 0
+
+
+@pytest.mark.slow
+def test_harness_section_against_lm_eval(tmp_path):
+    """Quick harness run on the tiny model: lm-eval scores the same token ids as ours, to fp32 noise."""
+    pytest.importorskip("lm_eval")
+    from benchmarks import harness
+
+    rc = run_all.main(["--quick", "--model", "tiny-random", "--out", str(tmp_path), "--only", "harness"])
+    assert rc == 0
+    with open(tmp_path / "bench.csv", encoding="utf-8") as f:
+        rows = {r["measure"]: r for r in csv.DictReader(f) if r["section"] == harness.LABEL}
+    speed = rows["questions/s: ours vs lm-eval HFLM.loglikelihood"]
+    assert float(speed["value"]) > 0 and float(speed["reference"]) > 0
+    assert float(rows["max |Δ mean log-prob| per option: ours vs lm-eval"]["value"]) <= harness.MAX_HARNESS_DELTA
+    assert float(rows["same choice: ours vs lm-eval (same normalisation)"]["value"]) == 1.0
+
+
+@pytest.mark.slow
+def test_harness_section_without_lm_eval_says_make_bench(tmp_path, monkeypatch):
+    """Without lm_eval the harness section fails with the `make bench` hint and the other sections still run."""
+    import sys
+
+    for name in ("lm_eval", "lm_eval.api.instance", "lm_eval.models.huggingface"):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+    rc = run_all.main(["--quick", "--model", "tiny-random", "--out", str(tmp_path), "--only", "harness,e2e",
+                       "--runs-root", str(tmp_path / "runs")])
+    assert rc == 1
+    text = (tmp_path / "bench.md").read_text(encoding="utf-8")
+    assert "FAIL: harness section not run" in text and "make bench" in text
+    assert "end to end" in text
