@@ -549,7 +549,8 @@ def verdict_row(c: Contrast, test_set: str, res: Mapping[str, Any], t_ci: Mappin
         df_txt += ", one replicate per domain: the between-run variance is not estimable and is left out"
     nq = res.get("n_questions", nan)
     q_txt = f" × {int(nq)} question(s)" if isinstance(nq, int | float) and np.isfinite(nq) else ""
-    detail = f"{method}, {res['n_replicates']} replicate(s){q_txt}{df_txt}"
+    # the default method's interval is the direct (ANOVA) SE, named in `how`; only the GLMM is named up front
+    detail = f"{'' if method == 'bootstrap' else method + ', '}{res['n_replicates']} replicate(s){q_txt}{df_txt}"
     if np.isfinite(mde):
         detail += f"; MDE {mde:.1f} = {mult:.2f} × SE {se:.2f}"
     if how:
