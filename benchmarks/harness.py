@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import Row, timed
-from ift_utils.probing import PromptSpec, build_prompt, continuations, encode_question
+from ift_utils.probing import PromptSpec, _softmax, build_prompt, continuations, encode_question
 from ift_utils.records import MCQ
 
 LABEL = "harness (lm-eval cloze)"
@@ -84,11 +84,6 @@ def _requests(questions: list[MCQ], spec, instance: type) -> list:
 def _harness(lm, questions: list[MCQ], spec, instance: type) -> list[tuple[float, bool]]:
     with torch.inference_mode():
         return lm.loglikelihood(_requests(questions, spec, instance), disable_tqdm=True)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max())
-    return z / z.sum()
 
 
 def _seams(lm, tok, questions: list[MCQ], spec) -> tuple[list[list[int]], list[list[int]]]:

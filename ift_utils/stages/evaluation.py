@@ -100,7 +100,8 @@ class AdapterSwapper:
     into the active adapter's tensors; another shape is injected as a new adapter (~1 s on a 135M model)."""
 
     def __init__(self, base):
-        self.base, self.model, self.current, self.shape = base, None, None, None
+        # current: the adapter folder in use; active: peft's name of the adapter holding its weights
+        self.base, self.model, self.current, self.active, self.shape = base, None, None, None, None
 
     @staticmethod
     def _shape(config) -> dict:
