@@ -127,8 +127,8 @@ def config_fingerprint_fields(cfg: TrainConfig, cpu_autocast: bool) -> dict[str,
     and whether CPU bf16 autocast was actually used (so "auto" on a CPU without bf16 units is another cell)."""
     out = {k: v for k, v in asdict(cfg).items()
            if k not in (*_SPEED_ONLY, "cpu_bf16") and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
-    if cpu_autocast:
-        out["cpu_autocast"] = "bf16"
+    if cpu_autocast:  # LoRA: frozen weights stored in bf16, LoRA and the sums in fp32 (full FT: fp32 masters)
+        out["cpu_autocast"] = "bf16 frozen, fp32 LoRA sums" if cfg.method == "lora" else "bf16"
     return out
 
 
@@ -170,7 +170,9 @@ def cpu_autocast_wanted(cfg: TrainConfig, device: torch.device) -> bool:
 
 def precision_label(cfg: TrainConfig, device: torch.device, cpu_autocast: bool) -> str:
     """The compute precision a cell trains in, for its result JSON."""
-    if cpu_autocast:
+    if cpu_autocast and cfg.method == "lora":
+        compute = "bf16 autocast, frozen weights bf16, LoRA weights and sums fp32"
+    elif cpu_autocast:
         compute = "bf16 autocast, fp32 weights"
     elif cfg.bf16 and device.type == "cuda":
         compute = "bf16" if cfg.method == "lora" else "bf16 autocast, fp32 weights"
@@ -366,8 +368,10 @@ def _build_model(path: str, cfg: TrainConfig, device: torch.device) -> nn.Module
     """Base model plus fresh LoRA adapters (or all weights trainable for full fine-tuning)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    model = load_base(path, cfg.method, bf16=cfg.bf16, device=device)
-    if cpu_autocast_wanted(cfg, device):
+    cpu_autocast = cpu_autocast_wanted(cfg, device)
+    frozen_bf16 = cpu_autocast and cfg.method == "lora"  # no fp32 master copy is needed for weights not trained
+    model = load_base(path, cfg.method, bf16=cfg.bf16 or frozen_bf16, device=device)
+    if cpu_autocast:
         use_fp32_attention(model)
     ckpt_kwargs = {"use_reentrant": False}
     with warnings.catch_warnings():  # peft still calls transformers' deprecated gradient-checkpointing names
@@ -383,9 +387,31 @@ def _build_model(path: str, cfg: TrainConfig, device: torch.device) -> nn.Module
             targets = ATTENTION_TARGETS if cfg.target_modules == "attention" else cfg.target_modules
             lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                               target_modules=targets, bias="none", task_type="CAUSAL_LM")
-            model = get_peft_model(model, lora)
+            model = get_peft_model(model, lora)  # adapter weights in fp32 (peft's autocast_adapter_dtype)
+    if frozen_bf16:
+        sum_lora_in_fp32(model)
     model.train()
     return model
+
+
+def sum_lora_in_fp32(model: nn.Module) -> int:
+    """Make each LoRA layer's frozen base output fp32, so that the adapter's small update is added to it in fp32.
+
+    Under bf16 autocast the sum `base(x) + B(A(x))` is otherwise rounded to bf16 (8 significant bits), which
+    drops most of an update that is still small against the base output: the loss then falls more slowly (on
+    SmolLM2-135M the first step's effect was mostly lost: loss 1.88 instead of fp32's 1.68). Returns the layers."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    n = 0
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.get_base_layer().register_forward_hook(_output_fp32)
+            n += 1
+    return n
+
+
+def _output_fp32(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    return output.float()
 
 
 def _sdpa_fp32(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -460,8 +486,8 @@ def response_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     faster steps on SmolLM2-135M with 25 % response tokens); otherwise the model's own full-logits loss.
     shared_prefix (with response_only): the tokens all rows start with (`shared_prefix_length`) run once per
     batch, not once per row; the caller checks the model supports it (`prefix_sharing_ok`).
-    All give the same value up to float rounding. The head runs in fp32 when its weight is fp32 (also under
-    bf16 autocast: it is a small share of the cost and the loss keeps fp32 logits).
+    All give the same value up to float rounding. The head runs in fp32 on CPU and wherever its weight is fp32
+    (also under bf16 autocast: it runs on the label positions only, and the loss keeps fp32 logits).
     """
     shifted = labels[:, 1:]
     keep = shifted != IGNORE
@@ -478,9 +504,10 @@ def response_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         hidden = hidden[:, :-1][keep]
     lm_head = inner.get_output_embeddings()
-    if lm_head.weight.dtype == torch.float32:
+    if lm_head.weight.dtype == torch.float32 or hidden.device.type == "cpu":
         with torch.autocast(hidden.device.type, enabled=False):
-            logits = lm_head(hidden.float())
+            logits = nn.functional.linear(hidden.float(), lm_head.weight.float(),
+                                          None if lm_head.bias is None else lm_head.bias.float())
     else:
         logits = lm_head(hidden).float()
     config = getattr(inner.config, "get_text_config", lambda: inner.config)()
@@ -663,17 +690,18 @@ def _versions() -> dict[str, str]:
 
 
 def _ask_epoch_end(callback: Callable[[nn.Module, int], Any], model: nn.Module, epoch: int,
-                   accelerator: Any) -> EpochDecision:
+                   accelerator: Any, frozen_bf16: bool = False) -> EpochDecision:
     """Run `on_epoch_end` on the main process with the model in eval mode under no_grad, then restore train mode
-    and every random generator (so what the callback draws does not change the rest of the run)."""
+    and every random generator (so what the callback draws does not change the rest of the run). frozen_bf16:
+    the model trains with bf16 frozen weights on CPU (`sum_lora_in_fp32`), so it is asked under autocast too."""
     from accelerate.utils import broadcast_object_list
 
     answer = [None]
     if accelerator.is_main_process:
         rng = _rng_state()
         model.eval()
-        try:
-            with torch.no_grad():
+        try:  # a model whose frozen weights are bf16 on CPU runs only under autocast, as in training
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=frozen_bf16):
                 answer = [EpochDecision.of(callback(model, epoch))]
         finally:
             model.train()
@@ -818,7 +846,8 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
                      done["train_tokens"] / max(done["seconds"] + time.perf_counter() - t0, 1e-9))
         decision = EpochDecision()
         if epoch_end and on_epoch_end is not None:
-            decision = _ask_epoch_end(on_epoch_end, model, step.epoch + 1, accelerator)
+            decision = _ask_epoch_end(on_epoch_end, model, step.epoch + 1, accelerator,
+                                      frozen_bf16=cpu_autocast and cfg.method == "lora")
             done["decisions"].append({"epoch": step.epoch + 1, "stop": decision.stop, "save": decision.save})
         stopped = decision.stop
         last = number == len(steps) or stopped

@@ -17,6 +17,7 @@ from ift_utils.training import (
     MIN_SHARED_PREFIX,
     EpochDecision,
     TrainConfig,
+    _build_model,
     collate,
     config_fingerprint_fields,
     cpu_autocast_wanted,
@@ -110,7 +111,8 @@ def test_cpu_bf16_is_off_by_default_and_leaves_the_fingerprint_as_before() -> No
     assert not new & fields.keys()  # cells finished before these fields existed keep their fingerprint
     assert list(fields) == [k for k in asdict(TrainConfig()) if k not in new]
     assert config_fingerprint_fields(TrainConfig(cpu_bf16="auto"), cpu_autocast=False) == fields
-    assert config_fingerprint_fields(TrainConfig(cpu_bf16="auto"), cpu_autocast=True)["cpu_autocast"] == "bf16"
+    assert config_fingerprint_fields(TrainConfig(cpu_bf16="auto"), cpu_autocast=True)["cpu_autocast"] == (
+        "bf16 frozen, fp32 LoRA sums")
     with pytest.raises(ValueError, match="cpu_bf16"):
         TrainConfig(cpu_bf16="yes")
 
@@ -124,10 +126,31 @@ def test_precision_is_recorded_and_bf16_trains_close_to_fp32(tiny_dir: str, tmp_
     fp32 = train_adapter(tiny_dir, data(8), cfg, tmp_path / "fp32", progress=False)
     bf16 = train_adapter(tiny_dir, data(8), replace(cfg, cpu_bf16=True), tmp_path / "bf16", progress=False)
     assert fp32.precision == "fp32" and fp32.shared_prefix
-    assert bf16.precision == "bf16 autocast, fp32 weights"
+    assert bf16.precision == "bf16 autocast, frozen weights bf16, LoRA weights and sums fp32"
     np.testing.assert_allclose(bf16.losses, fp32.losses, atol=0.02)
     saved = load_file(str(tmp_path / "bf16" / "adapter" / "adapter_model.safetensors"))
     assert all(t.dtype == torch.float32 for t in saved.values())  # fp32 master weights
+
+
+def test_cpu_bf16_lora_keeps_frozen_weights_bf16_and_adds_the_update_in_fp32(tiny_dir: str) -> None:
+    """A small LoRA update survives the sum with a large base output (in bf16 it would be rounded away)."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    model = _build_model(tiny_dir, replace(FAST, cpu_bf16=True), torch.device("cpu")).eval()  # no dropout
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+    layer = next(m for m in model.modules() if isinstance(m, LoraLayer))
+    name = layer.active_adapters[0]
+    with torch.no_grad():
+        layer.lora_B[name].weight.fill_(1e-5)
+    x = torch.randn(4, layer.in_features, generator=torch.Generator().manual_seed(0)) * 100
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, base = layer(x), layer.get_base_layer()(x)
+    with torch.no_grad():
+        delta = x @ layer.lora_A[name].weight.T @ layer.lora_B[name].weight.T * layer.scaling[name]
+    assert out.dtype == torch.float32
+    assert (base.abs().max() / delta.abs().max()) > 100  # the update is < 1 % of the output: bf16 would round it
+    np.testing.assert_allclose((out - base).numpy(), delta.numpy(), rtol=0.05, atol=1e-3 * float(delta.abs().max()))
 
 
 def _lrs(cfg: TrainConfig, total: int) -> list[float]:
