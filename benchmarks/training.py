@@ -8,7 +8,10 @@ gradient clipping, AdamW and the LR schedule.
 
 Variants (noise reference: today's method from another LoRA init seed, same batches): today (`shared_prefix=False`, fp32), ours in fp32 (the batch's common prefix run once), ours under CPU
 bf16 autocast (fp32 master weights; where the CPU has bf16 units, or with --bf16 on), and full fine-tuning both
-ways. LoRA dropout is 0 so that the loss curves differ by float rounding only.
+ways. LoRA dropout is the study's 0.05: today with torch's masks (`nn.Dropout`, as peft builds it), ours with
+`FastDropout` (numpy-drawn masks). Other masks make other loss curves, as another init seed does: the noise
+reference shows how far. Whether sharing the prefix changes the arithmetic is measured on the same weights with
+dropout off (rows "max |Δloss|/|Δgrad| ... same weights").
 
 Figures: examples/s and non-padding tokens/s over the steps after the first (warm-up), the ratio to today,
 examples per CPU-second of the process (with --threads 1 it barely moves when other processes load the machine),
@@ -123,9 +126,11 @@ def _step(v: _Variant, batch: dict[str, torch.Tensor]) -> None:
 
 
 def _grad_gap(v: _Variant, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
-    """max |Δloss| and max |Δgrad| between the plain and the shared-prefix loss on the same weights (fp32)."""
+    """max |Δloss| and max |Δgrad| between the plain and the shared-prefix loss on the same weights (fp32,
+    dropout off: eval mode, so both passes compute the same function)."""
     from ift_utils.training import _trainable, response_loss
 
+    v.model.eval()
     out = []
     for shared in (False, True):
         v.model.zero_grad(set_to_none=True)
@@ -134,6 +139,7 @@ def _grad_gap(v: _Variant, batch: dict[str, torch.Tensor]) -> tuple[float, float
         out.append((float(summed.detach() / count),
                     {n: p.grad.detach().clone() for n, p in _trainable(v.model).items() if p.grad is not None}))
     v.model.zero_grad(set_to_none=True)
+    v.model.train()
     (l0, g0), (l1, g1) = out
     return abs(l0 - l1), max(float((g0[n] - g1[n]).abs().max()) for n in g0)
 
@@ -152,8 +158,8 @@ def bench_training_rows(model: str = "smollm2-135m-instruct", n_examples: int = 
     path = resolve_model(model) if model in MODEL_NAMES else model
     tok = AutoTokenizer.from_pretrained(path)
     examples = training_examples(tok, n_examples)
-    base = TrainConfig(lora_r=16, lora_alpha=32, lora_dropout=0.0, epochs=epochs, learning_rate=2e-4,
-                       max_length=256, batch_size=batch_size, seed=0, shared_prefix=False)
+    base = TrainConfig(lora_r=16, lora_alpha=32, lora_dropout=0.05, epochs=epochs, learning_rate=2e-4,
+                       max_length=256, batch_size=batch_size, seed=0, shared_prefix=False, fast_dropout=False)
     encoded = [e for ex in examples if (e := encode_example(tok, ex["prompt"], ex["response"], base.max_length))]
     lengths = [len(e["input_ids"]) for e in encoded]
     steps, _ = plan_steps(lengths, base)
@@ -161,12 +167,14 @@ def bench_training_rows(model: str = "smollm2-135m-instruct", n_examples: int = 
     batches = [collate([encoded[i] for i in step.micro[0]], pad) for step in steps]
 
     use_bf16 = cpu_has_bf16() if bf16 == "auto" else bool(bf16)
-    variants = [_Variant("LoRA today (fp32, every row whole)", base),
-                _Variant("LoRA ours fp32 (shared prefix)", replace(base, shared_prefix=True))]
+    ours = replace(base, shared_prefix=True, fast_dropout=True)
+    variants = [_Variant("LoRA today (fp32, every row whole, torch dropout masks)", base),
+                _Variant("LoRA shared prefix only (torch dropout masks)", replace(base, shared_prefix=True)),
+                _Variant("LoRA ours fp32 (shared prefix + FastDropout)", ours)]
     if use_bf16:
-        variants.append(_Variant("LoRA ours bf16 (shared prefix + CPU bf16 autocast)",
-                                 replace(base, shared_prefix=True, cpu_bf16=True)))
-    if noise_reference:  # today's method from another LoRA init: how far loss curves move for no reason
+        variants.append(_Variant("LoRA ours bf16 (shared prefix + FastDropout + CPU bf16 autocast)",
+                                 replace(ours, cpu_bf16=True)))
+    if noise_reference:  # today's method from another LoRA init and masks: how far loss curves move for no reason
         variants.append(_Variant("LoRA today, other init seed (noise reference)", replace(base, seed=1)))
     if full:
         full_cfg = replace(base, method="full", learning_rate=2e-5)
@@ -207,7 +215,7 @@ def bench_training_rows(model: str = "smollm2-135m-instruct", n_examples: int = 
 
     mean_len = float(np.mean(lengths))
     setup = (f"{len(encoded)} examples (mean {mean_len:.1f} tokens), batch {batch_size}, {len(steps)} steps "
-             f"(first untimed), {threads} threads, LoRA r=16 all-linear, dropout 0; matmul peak fp32 "
+             f"(first untimed), {threads} threads, LoRA r=16 all-linear, dropout 0.05; matmul peak fp32 "
              f"{peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s; N={n_params / 1e6:.1f}M")
     for group in ("LoRA", "full FT"):
         mine = [v for v in variants if v.label.startswith(group)]

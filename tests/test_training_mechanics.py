@@ -16,12 +16,14 @@ from ift_utils.training import (
     IGNORE,
     MIN_SHARED_PREFIX,
     EpochDecision,
+    FastDropout,
     TrainConfig,
     _build_model,
     collate,
     config_fingerprint_fields,
     cpu_autocast_wanted,
     encode_example,
+    fast_dropout_wanted,
     load_base,
     make_scheduler,
     prefix_sharing_ok,
@@ -107,7 +109,7 @@ def test_cpu_bf16_is_off_by_default_and_leaves_the_fingerprint_as_before() -> No
     assert not cpu_autocast_wanted(TrainConfig(cpu_bf16=True, method="qlora"), cpu)
     assert not cpu_autocast_wanted(TrainConfig(cpu_bf16=True), torch.device("cuda"))
     fields = config_fingerprint_fields(TrainConfig(), cpu_autocast=False)
-    new = {"min_lr_ratio", "cpu_bf16", "shared_prefix", "cpu_autocast"}
+    new = {"min_lr_ratio", "cpu_bf16", "shared_prefix", "cpu_autocast", "fast_dropout", "dropout_masks"}
     assert not new & fields.keys()  # cells finished before these fields existed keep their fingerprint
     assert list(fields) == [k for k in asdict(TrainConfig()) if k not in new]
     assert config_fingerprint_fields(TrainConfig(cpu_bf16="auto"), cpu_autocast=False) == fields
@@ -115,6 +117,31 @@ def test_cpu_bf16_is_off_by_default_and_leaves_the_fingerprint_as_before() -> No
         "bf16 frozen, fp32 LoRA sums")
     with pytest.raises(ValueError, match="cpu_bf16"):
         TrainConfig(cpu_bf16="yes")
+
+
+def test_fast_dropout_is_dropout_at_rate_p_reproducible_from_torchs_seed_and_used_on_cpu_only() -> None:
+    """`FastDropout` zeroes a share p of the elements and keeps the mean; the same torch seed gives the same mask
+    (so a resumed run draws what the uninterrupted one drew); gradients pass through the kept elements only."""
+    drop = FastDropout(0.05)
+    x = torch.ones(1000, 1000, requires_grad=True)
+    torch.manual_seed(0)
+    y = drop(x)
+    share = float((y == 0).float().mean())
+    assert abs(share - 0.05) < 5 * (0.05 * 0.95 / x.numel()) ** 0.5  # within 5 standard errors of p
+    assert abs(float(y.mean()) - 1) < 2e-3 and torch.allclose(y[y > 0], torch.tensor(65536 / (65536 - 3277)))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(sum)/dx = mask * scale
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)
+    assert not torch.equal(drop(x), y)  # the next call draws another mask
+    assert torch.equal(drop.eval()(x), x)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert fast_dropout_wanted(TrainConfig(), cpu) and not fast_dropout_wanted(TrainConfig(), gpu)
+    assert not fast_dropout_wanted(TrainConfig(fast_dropout=False), cpu)
+    assert not fast_dropout_wanted(TrainConfig(lora_dropout=0.0), cpu)
+    assert not fast_dropout_wanted(TrainConfig(method="full"), cpu)
+    fields = config_fingerprint_fields(TrainConfig(), cpu_autocast=False, fast_dropout=True)
+    assert fields["dropout_masks"] == FastDropout.RNG  # a cell trained with torch's masks is another cell
 
 
 FAST = TrainConfig(lora_r=4, lora_alpha=16, lora_dropout=0.1, epochs=4, learning_rate=2e-2, batch_size=4,
