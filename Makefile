@@ -51,7 +51,7 @@ paper: install
 
 test: install
 	$(BIN)/python -m ruff check ift_utils tests benchmarks
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q --durations=10 $(ARGS)
 
 lab: install
 	# --allow-root only where make runs as root (containers); jupyter refuses root otherwise

@@ -220,8 +220,8 @@ def plot_group_comparison(eval_table: pd.DataFrame, differences: pd.DataFrame | 
             ax_diff.scatter(x - 0.2, mde, marker="_", s=120, color="#c44e52", zorder=3,
                             label="minimum detectable effect")
         ax_diff.axhline(0, color="black", lw=0.8)
-        ax_diff.set_xticks(x, [f"{CLAIM_SHORT[c]}\n{t}" for c, t in zip(diffs["claim"], diffs["test_set"],
-                                                                          strict=True)], fontsize=8)
+        ax_diff.set_xticks(x, [f"{CLAIM_SHORT[c].replace(' ', '')}\n{t}"  # unspaced: 16 labels must not touch
+                               for c, t in zip(diffs["claim"], diffs["test_set"], strict=True)], fontsize=6.5)
         ax_diff.legend(fontsize=8)
     ax_diff.set_ylabel("difference in accuracy (points)")
     ax_diff.set_title("Differences vs incompatible (G − N: general only − no IFT), ours and the paper's",

@@ -161,7 +161,7 @@ def test_group_comparison_shows_controls_and_the_mde(eval_table, tmp_path):
     fig = plot_group_comparison(table, diffs)
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend[:2] == ["no IFT", "general only"]
-    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["H − I\nHOMO", "G − N\nHOMO"]
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["H−I\nHOMO", "G−N\nHOMO"]
     assert "minimum detectable effect" in fig.axes[1].get_legend_handles_labels()[1]
     _check(fig, tmp_path, "groups_controls")
 
