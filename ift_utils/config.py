@@ -117,8 +117,10 @@ class StudyParams(BaseModel):
     lr_scheduler: Literal["cosine", "constant"] = Field("constant", description="after warm-up: cosine decay to "
                                                         "min_lr_ratio × learning_rate, or constant")
     min_lr_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="cosine's floor as a share of the learning rate")
-    cpu_bf16: Literal["auto", "on", "off"] = Field("off", description="on a CPU: bf16 autocast with fp32 master "
-                                                   "weights; auto = where the CPU has bf16 units (AVX-512 BF16, AMX)")
+    cpu_bf16: Literal["auto", "on", "off"] = Field("off", description="on a CPU: bf16 autocast (LoRA: frozen weights "
+                                                   "in bf16, adapter weights and base + update sums in fp32; full "
+                                                   "FT: fp32 master weights); auto = where the CPU has bf16 units "
+                                                   "(AVX-512 BF16, AMX)")
     warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
     max_length: int = Field(160, ge=8, le=32768)
     batch_size: int = Field(8, ge=1, le=4096)
