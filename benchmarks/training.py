@@ -7,7 +7,8 @@ on all of them alike. The step is `train_adapter`'s: collate, the loss module (r
 gradient clipping, AdamW and the LR schedule.
 
 Variants (noise reference: today's method from another LoRA init seed, same batches): today (`shared_prefix=False`, fp32), ours in fp32 (the batch's common prefix run once), ours under CPU
-bf16 autocast (fp32 master weights; where the CPU has bf16 units, or with --bf16 on), and full fine-tuning both
+bf16 autocast (LoRA: frozen weights in bf16, adapter weights and sums in fp32; where the CPU has bf16 units, or
+with --bf16 on), and full fine-tuning both
 ways. LoRA dropout is the study's 0.05: today with torch's masks (`nn.Dropout`, as peft builds it), ours with
 `FastDropout` (numpy-drawn masks). Other masks make other loss curves, as another init seed does: the noise
 reference shows how far. Whether sharing the prefix changes the arithmetic is measured on the same weights with

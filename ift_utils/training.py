@@ -179,6 +179,12 @@ def cpu_autocast_wanted(cfg: TrainConfig, device: torch.device) -> bool:
     return cfg.cpu_bf16 is True or cpu_has_bf16()
 
 
+def frozen_bf16_wanted(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether a cell stores its frozen weights in bf16 on CPU: LoRA under CPU bf16 autocast (`sum_lora_in_fp32`);
+    such a model runs only under autocast, in training and in the `on_epoch_end` callback alike."""
+    return cfg.method == "lora" and cpu_autocast_wanted(cfg, device)
+
+
 def precision_label(cfg: TrainConfig, device: torch.device, cpu_autocast: bool) -> str:
     """The compute precision a cell trains in, for its result JSON."""
     if cpu_autocast and cfg.method == "lora":
@@ -379,10 +385,9 @@ def _build_model(path: str, cfg: TrainConfig, device: torch.device) -> nn.Module
     """Base model plus fresh LoRA adapters (or all weights trainable for full fine-tuning)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    cpu_autocast = cpu_autocast_wanted(cfg, device)
-    frozen_bf16 = cpu_autocast and cfg.method == "lora"  # no fp32 master copy is needed for weights not trained
+    frozen_bf16 = frozen_bf16_wanted(cfg, device)  # no fp32 master copy is needed for weights not trained
     model = load_base(path, cfg.method, bf16=cfg.bf16 or frozen_bf16, device=device)
-    if cpu_autocast:
+    if cpu_autocast_wanted(cfg, device):
         use_fp32_attention(model)
     ckpt_kwargs = {"use_reentrant": False}
     with warnings.catch_warnings():  # peft still calls transformers' deprecated gradient-checkpointing names
@@ -413,8 +418,8 @@ class FastDropout(nn.Module):
 
     Why: peft drops out the input of every LoRA layer (210 in SmolLM2 with all-linear targets), and on CPU torch's
     per-element generator made that a quarter to a third of a training step (measured: 2.12 s vs 1.58 s a step
-    without dropout, interleaved on the same batches; 1.91 s with these masks). Masks come from 16-bit draws: the rate is round(p * 65536) / 65536 (0.05 -> 0.0500031) and
-    the scale 1 / (1 - that rate). The seed comes from torch's generator, so a run is deterministic and resumes
+    without dropout, interleaved on the same batches; 1.91 s with these masks). Masks come from 16-bit draws: the
+    rate is round(p * 65536) / 65536 (0.05 -> 0.0500031) and the scale 1 / (1 - that rate). The seed comes from torch's generator, so a run is deterministic and resumes
     exactly (checkpoints restore torch's state); the masks differ from `nn.Dropout`'s, so cells are other draws."""
 
     RNG = "numpy PCG64, 16-bit"
@@ -904,7 +909,7 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
         decision = EpochDecision()
         if epoch_end and on_epoch_end is not None:
             decision = _ask_epoch_end(on_epoch_end, model, step.epoch + 1, accelerator,
-                                      frozen_bf16=cpu_autocast and cfg.method == "lora")
+                                      frozen_bf16=frozen_bf16_wanted(cfg, accelerator.device))
             done["decisions"].append({"epoch": step.epoch + 1, "stop": decision.stop, "save": decision.save})
         stopped = decision.stop
         last = number == len(steps) or stopped
