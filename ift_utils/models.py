@@ -14,12 +14,15 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import platformdirs
-import torch
 from filelock import FileLock
 
 from ift_utils.io import sha256_file, sha256_json, write_json
+
+if TYPE_CHECKING:  # torch is imported where a model is built: the config and stage 05 load without it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,7 @@ def convert_gguf(name: str) -> Path:
     """Dequantize a packaged GGUF once into `cache_dir()/name` as safetensors; return that folder."""
 
     def build(tmp: Path) -> None:
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         gguf = find_gguf(name)
@@ -152,6 +156,7 @@ def build_tiny_model(out: Path | None = None, seed: int = 0) -> Path:
     """A tiny random Llama with a byte-level BPE tokenizer trained on a few strings (no download)."""
 
     def build(tmp: Path) -> None:
+        import torch
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
         from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -191,6 +196,7 @@ def _from_pickle(folder: Path) -> Path:
                                                               for p in folder.iterdir() if p.is_file())})
 
     def build(tmp: Path) -> None:
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         log.warning("loading pickle weights from %s (allow_pickle: true) and saving them as safetensors", folder)
@@ -246,15 +252,16 @@ def load_tokenizer(name: str, *, allow_network: bool = False, trust_remote_code:
 
 
 def load_model(name: str, *, allow_network: bool = False, trust_remote_code: bool = False, allow_pickle: bool = False,
-               dtype: torch.dtype = torch.float32, device: str | None = None):
-    """Load (model, tokenizer) in eval mode; safetensors only, remote code off unless asked."""
+               dtype: torch.dtype | None = None, device: str | None = None):
+    """Load (model, tokenizer) in eval mode (fp32 unless `dtype`); safetensors only, remote code off unless asked."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(name, allow_network=allow_network, trust_remote_code=trust_remote_code,
                          allow_pickle=allow_pickle)
     path = resolve_model(name, allow_network=allow_network, allow_pickle=allow_pickle)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
     except OSError as e:
         raise ModelError(f"could not load model {name!r} from {path}: {e}") from e

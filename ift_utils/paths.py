@@ -57,31 +57,34 @@ class RunPaths:
         return self.root / "tables"
 
 
-def open_run(P, run_dir: str | os.PathLike | None = None) -> RunPaths:
-    """Set up a stage: logging, threads, seeds, silenced library chatter; return the run's paths."""
+def open_run(P, run_dir: str | os.PathLike | None = None, *, uses_torch: bool = True) -> RunPaths:
+    """Set up a stage: logging, threads, seeds, silenced library chatter; return the run's paths. A stage that
+    never runs a model (05) passes uses_torch=False and starts without importing torch (1.5 s)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for noisy in ("bitsandbytes", "httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not P.allow_network:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    import torch
+    if uses_torch:
+        import torch
 
-    if P.threads:
-        torch.set_num_threads(P.threads)
-    seed_everything(P.data_seed)
+        if P.threads:
+            torch.set_num_threads(P.threads)
+    seed_everything(P.data_seed, torch=uses_torch)
     root = Path(run_dir) if run_dir else P.run_dir()
     root.mkdir(parents=True, exist_ok=True)
     return RunPaths(root)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU runs are then deterministic)."""
-    import torch
-
+def seed_everything(seed: int, *, torch: bool = True) -> None:
+    """Seed python, numpy and (unless torch=False) torch: CPU runs are then deterministic."""
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    if torch:
+        import torch as _torch
+
+        _torch.manual_seed(seed)
 
 
 def write_stage_summary(paths: RunPaths, stage: str, summary: dict) -> None:

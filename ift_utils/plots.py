@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib as mpl
 import numpy as np
@@ -48,17 +48,33 @@ _CI = ("ci", 95)
 _N_BOOT = 1000
 
 
-def save_figure(fig: Figure, folder: str | Path, name: str) -> tuple[Path, Path]:
+SAVE_DPI = 150
+
+
+class SavedFigure(NamedTuple):
+    """The two files `save_figure` wrote. A notebook shows it as the PNG on disk (at 100 dpi), so a figure is not
+    drawn a third time only to be displayed (a multi-panel figure takes 0.5-1 s a drawing on a 2-core CPU)."""
+
+    png: Path
+    svg: Path
+
+    def _repr_png_(self) -> tuple[bytes, dict[str, int]]:
+        data = self.png.read_bytes()
+        width = int.from_bytes(data[16:20], "big")  # IHDR width, in pixels
+        return data, {"width": round(width * 100 / SAVE_DPI)}
+
+
+def save_figure(fig: Figure, folder: str | Path, name: str) -> SavedFigure:
     """Write a figure as `name`.png (dpi 150) and `name`.svg via temporary files renamed when complete."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     png, svg = folder / f"{name}.png", folder / f"{name}.svg"
     with mpl.rc_context({"svg.hashsalt": "ift_utils"}):  # stable SVG ids: same table, same bytes
         with atomic_path(png) as tmp:
-            fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+            fig.savefig(tmp, format="png", dpi=SAVE_DPI, bbox_inches="tight")
         with atomic_path(svg) as tmp:
             fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None})
-    return png, svg
+    return SavedFigure(png, svg)
 
 
 def _percent(df: pd.DataFrame) -> pd.DataFrame:

@@ -130,16 +130,21 @@ def simulate_answers(
             frames.append((d, ts, u, w, keys))
     rep = {(d, s): rng.normal(0, sd_replicate) for d in range(n_domains) for s in range(n_replicates)}
     run = {(d, s, g): rng.normal(0, sd_run) for d in range(n_domains) for s in range(n_replicates) for g in groups}
-    out = []
+    blocks, keys_of, correct = [], [], []  # one block per domain × test set × replicate × group, built once below
     for d, ts, u, w, keys in frames:
         for s in range(n_replicates):
             for g, delta in groups.items():
                 p = _expit(base_logit + delta + u + w[g] + rep[(d, s)] + run[(d, s, g)])
-                out.append(pd.DataFrame({
-                    "model": "sim", "domain": f"d{d}", "condition": g, "group": g, "ratio": np.nan, "seed": s,
-                    "epoch": 3.0, "test_set": ts, "id": np.arange(n_questions), "qkey": keys,
-                    "correct": (rng.uniform(size=n_questions) < p).astype(int), "base_correct": 0}))
-    return pd.concat(out, ignore_index=True)
+                blocks.append((f"d{d}", g, s, ts))
+                keys_of.append(keys)
+                correct.append((rng.uniform(size=n_questions) < p).astype(int))
+    n = len(blocks) * n_questions
+    domain, group, seed, test_set = (np.repeat(np.array(col, dtype=object), n_questions) for col in zip(*blocks, strict=True))
+    return pd.DataFrame({"model": ["sim"] * n, "domain": list(domain), "condition": list(group), "group": list(group),
+                         "ratio": np.full(n, np.nan), "seed": seed.astype(np.int64), "epoch": np.full(n, 3.0),
+                         "test_set": list(test_set), "id": np.tile(np.arange(n_questions), len(blocks)),
+                         "qkey": [k for keys in keys_of for k in keys], "correct": np.concatenate(correct),
+                         "base_correct": np.zeros(n, dtype=np.int64)})
 
 
 def simulated_true_difference(

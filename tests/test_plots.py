@@ -60,8 +60,11 @@ def probe_frame() -> pd.DataFrame:
 def _check(fig: Figure, tmp_path, name: str) -> None:
     assert isinstance(fig, Figure)
     assert len(fig.axes) >= 1
-    png, svg = save_figure(fig, tmp_path / "figs", name)
+    saved = save_figure(fig, tmp_path / "figs", name)
+    png, svg = saved
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data, meta = saved._repr_png_()  # a notebook shows the saved file, at 100 dpi
+    assert data == png.read_bytes() and meta["width"] == round(int.from_bytes(data[16:20], "big") * 100 / 150)
     assert b"<svg" in svg.read_bytes()[:2000]
     assert not [p for p in png.parent.iterdir() if p.name.endswith(".tmp")]
 

@@ -154,7 +154,7 @@ def _kill_when(proc, ready, timeout=600):
 
 def test_sigkill_during_probing_explanations_and_training_then_resume_gives_identical_tables(smoke, tmp_path):
     """Kill the runner (SIGKILL, whole process group) while it probes the second domain, again while it
-    generates explanations, again in the middle of a training cell (after an epoch's checkpoint) once two cells
+    generates explanations, again in the middle of a training cell (after an epoch's checkpoint) once a cell
     finished; a fourth run finishes training, and its probes, groups, losses, fit logs and adapter weights equal
     the uninterrupted run's byte for byte. A killed stage is never taken for finished.
 
@@ -179,7 +179,7 @@ def test_sigkill_during_probing_explanations_and_training_then_resume_gives_iden
         return [c for c in (killed / "train").glob("*/*/seed*") if not (c / "DONE").exists()
                 and list((c / "checkpoints").glob("step-*"))]
 
-    _kill_when(_start(tmp_path), lambda: len(list((killed / "train").rglob("DONE"))) >= 2 and bool(mid_cell()))
+    _kill_when(_start(tmp_path), lambda: bool(list((killed / "train").rglob("DONE"))) and bool(mid_cell()))
     assert status() == {"01_probe": "done", "02_interventions": "done", "03_training": "running"}
     for stage in ("02_interventions", "03_training"):
         assert (killed / f"{stage}.ipynb").exists() == (stage == "02_interventions")

@@ -146,6 +146,26 @@ def test_raw_p_passes_but_the_holm_adjusted_one_does_not():
     assert ctrl["supported"] is None and np.isnan(ctrl["p_adj"]) and ctrl["decision"] == "descriptive"
 
 
+def test_holm_by_hand_and_as_statsmodels_computes_it(monkeypatch):
+    """Holm step-down: sorted p times (m, m-1, ...), running maximum, at most 1; NaN rows stay out of m."""
+    from statsmodels.stats.multitest import multipletests
+
+    monkeypatch.setattr("gc.collect", lambda *a: 0)  # multipletests collects garbage on every call (why holm exists)
+
+    from ift_utils.verdict import holm
+
+    p = pd.Series([0.04, np.nan, 0.01, 0.03, 0.5], index=list("abcde"))
+    # m = 4: 0.01×4 = 0.04, 0.03×3 = 0.09, 0.04×2 = 0.08 → 0.09 (running max), 0.5×1 = 0.5
+    assert holm(p).round(12).to_dict() == pytest.approx({"a": 0.09, "b": np.nan, "c": 0.04, "d": 0.09, "e": 0.5},
+                                                         nan_ok=True)
+    assert holm(pd.Series([0.3, 0.4, 0.6])).tolist() == pytest.approx([0.9, 0.9, 0.9])  # clipped at 1 only above
+    assert holm(pd.Series([0.5, 0.6])).tolist() == [1.0, 1.0]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        q = pd.Series(np.round(rng.uniform(0, 0.2, rng.integers(1, 12)), 2))  # rounded: ties
+        assert np.allclose(holm(q), multipletests(q.to_numpy(), method="holm")[1])
+
+
 def test_a_null_reads_by_its_interval_not_by_its_mde():
     a = simulate_answers({"harmonious": 0.0}, n_domains=2, n_replicates=3, n_questions=80, seed=2)
     v = study_verdict(_eval_from_answers(a), a, n_boot=200)
