@@ -22,8 +22,10 @@ Choices stated once:
   tested unadjusted. Every other claim row carries Holm-adjusted p-values within its claim's test sets
   (``p_holm_claim``) and over all claim rows (``p_holm_all``); ``supported``/``contradicted`` use ``p_adj``, the
   over-all-rows one. Control rows are descriptive: no test, no ``supported`` value.
-* **Degenerate contrasts.** Where every answer pair is equal, or the variance estimate is not positive, the
-  interval, p and MDE are NaN and the reading says "not estimable"; groups not in the grid give no row.
+* **Degenerate contrasts.** Where every answer pair is equal, the interval, p and MDE are NaN and the reading says
+  "not estimable"; groups not in the grid give no row. Where the unbiased ANOVA variance comes out not positive
+  (possible with few replicates: it subtracts the residual once), the SE leaves that correction out, which
+  over-states it (conservative), and the reading says so (``CONSERVATIVE_SE``).
 * **MDE** (planning column): (t_{0.975} + t_{0.80}) × SE with the interval's df. A null is read by its interval.
 """
 
@@ -239,6 +241,10 @@ def _row_names(blocks: Sequence[Block]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- the direct estimate
+CONSERVATIVE_SE = ("conservative SE: the unbiased variance estimate was not positive, so the residual correction "
+                   "is left out (the residual then counts in both the replicate and the question part)")
+
+
 def contrast_estimate(blocks: Sequence[Block], level: float = 0.95) -> dict[str, dict[str, float]]:
     """Per test set and "all": difference in points, its crossed random-effects SE computed directly (ANOVA, with
     shared question clusters counted once), Satterthwaite df, t interval and two-sided p."""
@@ -273,12 +279,16 @@ def contrast_estimate(blocks: Sequence[Block], level: float = 0.95) -> dict[str,
         terms = [(sum(w**2 / r for w, _, r in rep) * s2, df_rep),
                  (sum(v * v for v in contrib.values()), max(df_q, 1)), *resid_terms]
         var = sum(t for t, _ in terms)
+        conservative = var <= 0 and not all_equal
+        if conservative:  # the unbiased estimate came out <= 0: keep the residual twice (an upper bound), not NaN
+            terms = terms[:2]
+            var = sum(t for t, _ in terms)
         denom = sum(t**2 / df for t, df in terms if df > 0)
         dof = max(var**2 / denom, 1.0) if denom > 0 and var > 0 else 1.0
         dof = max(dof, min((df for t, df in terms if t > 0 and df > 0), default=1.0))
         n_q = sum(b.diff.shape[1] for bl in parts.values() for b in bl)
         res = {"ours": 100 * est, "n_replicates": int(total), "n_questions": int(n_q), "df_replicates": df_rep,
-               "n_clusters": len(contrib)}
+               "n_clusters": len(contrib), **({"se_note": CONSERVATIVE_SE} if conservative else {})}
         if all_equal or var <= 0:
             nan = float("nan")
             why = "no variance: every answer pair gives the same difference" if all_equal else "the variance estimate is not positive"
@@ -553,6 +563,8 @@ def verdict_row(c: Contrast, test_set: str, res: Mapping[str, Any], t_ci: Mappin
     detail = f"{'' if method == 'bootstrap' else method + ', '}{res['n_replicates']} replicate(s){q_txt}{df_txt}"
     if np.isfinite(mde):
         detail += f"; MDE {mde:.1f} = {mult:.2f} × SE {se:.2f}"
+    if res.get("se_note"):
+        detail += f"; {res['se_note']}"
     if how:
         detail += f"; {how}"
     return {"claim": c.claim, "kind": c.kind, "model": "all", "test_set": test_set, "score": score, "ours": est,

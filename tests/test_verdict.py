@@ -105,6 +105,22 @@ def test_zero_variance_is_not_estimable_never_zero_width_and_no_mde():
     assert h["decision"] == "not estimable" and h["supported"] is False and np.isnan(h["mde"])
 
 
+def test_a_variance_estimate_below_zero_falls_back_to_the_conservative_se():
+    """Two replicates × four questions whose unbiased ANOVA variance is negative: the SE keeps the residual in
+    both parts (var(row means)/R + var(column means)/Q, by hand), and the row's detail says so."""
+    from ift_utils.verdict import CONSERVATIVE_SE, Block, two_way_anova, verdict_row
+
+    d = np.array([[0, 0, 0, 1], [-1, 1, 1, -1]], dtype=float)
+    r, q = d.shape
+    upper = d.mean(axis=1).var(ddof=1) / r + d.mean(axis=0).var(ddof=1) / q
+    assert upper - two_way_anova(d)["ms_res"] / (r * q) < 0  # the unbiased estimate: -0.068
+    res = contrast_estimate([Block("m", "d", "HOMO", [0, 1], d, [f"q{i}" for i in range(q)])])["HOMO"]
+    assert res["se"] == pytest.approx(100 * math.sqrt(upper)) and np.isfinite(res["lo"]) and np.isfinite(res["p"])
+    assert res["se_note"] == CONSERVATIVE_SE
+    row = verdict_row(next(c for c in CONTRASTS if c.claim == CLAIM_HARMONIOUS), "HOMO", res, {}, "bootstrap")
+    assert CONSERVATIVE_SE in row["_detail"]
+
+
 def test_one_replicate_per_domain_is_said_in_the_reading():
     a = _hand_answers()
     v = adjust(answer_verdict(a[a["seed"] <= 0], n_boot=200))
