@@ -86,7 +86,10 @@ def guarded_env(netlog: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory):
-    """(run folder, completed process, network log) of one smoke study run through all stages."""
+    """(run folder, completed process, network log) of one smoke study run through all stages.
+
+    The suite's slowest step (≈ 3 min on a 2-core CPU): the real default model through five kernels, 12 training
+    cells and 25 scored checkpoints; every end-to-end test reads this one run instead of running its own."""
     root = tmp_path_factory.mktemp("runs")
     netlog = root / "network_attempts.log"
     r = run_study("params/smoke.yaml", "-p", f"output_root={root}", "--quiet", env=guarded_env(netlog))

@@ -80,6 +80,9 @@ def test_markdown_has_one_column_per_model():
 
 @pytest.mark.slow
 def test_quick_run_on_tiny_model(tmp_path, tiny):
+    """The comparison script end to end in --quick mode. ≈ 15 s: probing and training are measured in fresh
+    worker processes (each imports torch and transformers), as in a real comparison; the tiny model's compute is
+    negligible."""
     assert cm.main(["--quick", "--models", "tiny-random", "--out", str(tmp_path), "--runs-root", str(tmp_path)]) == 0
     with open(tmp_path / "compare_models.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

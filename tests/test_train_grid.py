@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 def test_two_processes_train_a_cell_that_stage_03_accepts(finished_copy, tmp_path):
     """torchrun with 2 CPU processes (gloo) retrains the first cell of the finished smoke run; the cell
-    records 2 processes and the same fingerprint as the notebook's own, so stage 03 would skip it."""
+    records 2 processes and the same fingerprint as the notebook's own, so stage 03 would skip it. ≈ 20 s: two
+    processes each import torch, transformers and peft and load SmolLM2; one cell is the least that shows it."""
     copy = finished_copy
     P = load_params(PROJECT_ROOT / "params" / "smoke.yaml")
     shards = len(grid.grid(P))  # shard 0 of as many shards as cells holds the first cell only

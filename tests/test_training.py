@@ -228,6 +228,8 @@ b = load_file(str(out / "resumed" / "adapter" / "adapter_model.safetensors"))
 
 @pytest.mark.slow  # two worker processes, each importing torch + transformers (~15-25 s on 2 cores)
 def test_two_process_ddp_on_cpu_resumes_exactly_and_matches_grad_accum(tiny_dir: str, tmp_path: Path) -> None:
+    """Two gloo processes train, are interrupted, resume to the same losses and adapter, and match one process with
+    gradient accumulation. ≈ 12 s: torchrun starts two processes that each import torch, transformers and peft."""
     import os
     import subprocess
     import sys
