@@ -83,7 +83,7 @@ def _tail(path: Path, n: int = 4000) -> str:
 def test_paper_mode_runs_all_stages_on_two_domains_with_overlapping_ids(tmp_path):
     """Paper mode (Vicuna template, letter scoring, data's own explanations) through all five stages on two domains
     whose ids overlap. ≈ 70 s, mostly five kernel starts: the tiny model makes the 16 cells' compute negligible,
-    and two seeds are kept because group building must not merge replicates either."""
+    and two seeds are kept because the test checks that every replicate gets its groups."""
     data = tmp_path / "data"
     rows = write_domains(data)
     ids = {d: {s: {r["id"] for r in rs} for s, rs in v.items()} for d, v in rows.items()}
