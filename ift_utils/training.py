@@ -419,8 +419,9 @@ class FastDropout(nn.Module):
     Why: peft drops out the input of every LoRA layer (210 in SmolLM2 with all-linear targets), and on CPU torch's
     per-element generator made that a quarter to a third of a training step (measured: 2.12 s vs 1.58 s a step
     without dropout, interleaved on the same batches; 1.91 s with these masks). Masks come from 16-bit draws: the
-    rate is round(p * 65536) / 65536 (0.05 -> 0.0500031) and the scale 1 / (1 - that rate). The seed comes from torch's generator, so a run is deterministic and resumes
-    exactly (checkpoints restore torch's state); the masks differ from `nn.Dropout`'s, so cells are other draws."""
+    rate is round(p * 65536) / 65536 (0.05 -> 0.0500031) and the scale 1 / (1 - that rate). The seed comes from
+    torch's generator, so a run is deterministic and resumes exactly (checkpoints restore torch's state); the masks
+    differ from `nn.Dropout`'s, so cells are other draws."""
 
     RNG = "numpy PCG64, 16-bit"
 
@@ -799,6 +800,7 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
         device = torch.device("cpu")
     cpu_autocast = cpu_autocast_wanted(cfg, device)
+    frozen_bf16 = frozen_bf16_wanted(cfg, device)  # asked once: `auto` reads /proc/cpuinfo
     fingerprint = sha256_json({"config": config_fingerprint_fields(cfg, cpu_autocast, fast_dropout_wanted(cfg, device)),
                                "model": model_path,
                                "examples": examples})
@@ -909,7 +911,7 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
         decision = EpochDecision()
         if epoch_end and on_epoch_end is not None:
             decision = _ask_epoch_end(on_epoch_end, model, step.epoch + 1, accelerator,
-                                      frozen_bf16=frozen_bf16_wanted(cfg, accelerator.device))
+                                      frozen_bf16=frozen_bf16)
             done["decisions"].append({"epoch": step.epoch + 1, "stop": decision.stop, "save": decision.save})
         stopped = decision.stop
         last = number == len(steps) or stopped
