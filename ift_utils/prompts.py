@@ -1,6 +1,6 @@
 """Prompt strings: the probe's k-shot prompts (letter and cloze), the Vicuna template and chat formatting.
 
-"paper" style reproduces the original study's strings exactly (DESIGN.md §2), quirks included: the
+"paper" style reproduces the original study's strings exactly (docs/design.md §2), quirks included: the
 header has a space before its blank line, and MMLU subjects get a leading space ("about  abstract
 algebra"). "plain" style is the same without the MMLU quirk.
 """

@@ -1,4 +1,4 @@
-"""Prompt strings against hand-written expected strings (paper mode must match DESIGN.md §2 exactly)."""
+"""Prompt strings against hand-written expected strings (paper mode must match docs/design.md §2 exactly)."""
 
 from ift_utils import prompts
 from ift_utils.records import MCQ
