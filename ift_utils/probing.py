@@ -19,15 +19,21 @@ method (one row per option: context + option, on the shared-prefix cache), kept 
 `score_reference` is the original one-question-per-forward-pass loop, kept for tests and benchmarks; all give the
 same probabilities.
 
-Calibrated scoring (`calibrate=True`; contextual calibration, Zhao et al. 2021): every option is also scored after a
-*content-free* prompt, the same prompt with the asked entity replaced by "N/A" (facts suite: `data_facts.entity_of`;
-other questions: the whole question text is "N/A"), and `probs_cal` = softmax over options of (score under the
-prompt − score under the content-free prompt), i.e. p(option | prompt) / p(option | content-free), renormalized.
-Scores are the ones the raw probabilities use (cloze: length-normalized log-likelihood; letter: the letter's
-log-probability), so in letter mode this calibrates the letter distribution. This removes the answer prior a
-model holds regardless of the question (in cloze mode the trained answers shift it on every test question). In
-cloze mode one content-free context serves every question that shares it (all questions of one relation), with
-the union of their options as suffixes; in letter mode each question has its own (its options are shown).
+Calibrated scoring (`calibrate=True`; contextual calibration, Zhao et al. 2021): every option is also scored after
+three *content-free* prompts, the same prompt with the asked entity replaced by each of `CONTENT_FREE` ("N/A", ""
+and "[MASK]"; facts suite: `data_facts.entity_of`; other questions: the whole question text is the filler). The
+content-free prior p_cf is the mean over the three of each one's distribution over the question's options (Zhao
+et al. average the three distributions), and `probs_cal` = softmax over options of the pointwise mutual information
+log p(option | prompt) − log p_cf(option), i.e. p(option | prompt) / p_cf(option), renormalized. Both are
+*summed* log-probabilities of the option's tokens, so the ratio is the one stated (a per-token mean would divide
+the PMI by the option's token count and pull multi-token answers toward zero); the raw `probs` stay
+length-normalized. `probs_cf` is p_cf. In letter mode the scored text is one letter,
+so this calibrates the letter distribution. This removes the answer prior a model holds regardless of the question
+(in cloze mode the trained answers shift it on every test question). In cloze mode one content-free context serves
+every question that shares it (all questions of one relation), with the union of their options as suffixes; in
+letter mode each question has its own (its options are shown). A second, independent prior (each answer string's
+mean probability over the other test questions that offer it) is `loo_calibrated`, used by stage 04 as a
+sensitivity reading.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from ift_utils.progress import progress
 from ift_utils.records import LETTERS, MCQ
 
 MODES = ("letter", "cloze")
-CONTENT_FREE = "N/A"  # what replaces the asked entity (or the whole question) in a content-free prompt
+CONTENT_FREE = ("N/A", "", "[MASK]")  # the fillers of the asked entity (or the whole question), as Zhao et al.
 CALIBRATED_COLUMNS = ("probs_cf", "probs_cal", "pred_cal", "correct_cal", "confidence_cal")
 
 Rows = list[tuple[list[int], list[int]]]  # per option: (context ids, scored ids)
@@ -303,16 +309,16 @@ def _score_flat(model, encoded: list[Rows], pad: int, max_batch: int, max_tokens
     return scores
 
 
-def content_free(q: MCQ) -> MCQ:
-    """`q` with its content removed, for contextual calibration: the asked entity replaced by "N/A" in a
-    facts-suite question ("In which country is the city of N/A?"), else the question text "N/A"; same options,
+def content_free(q: MCQ, filler: str = CONTENT_FREE[0]) -> MCQ:
+    """`q` with its content removed, for contextual calibration: the asked entity replaced by `filler` in a
+    facts-suite question ("In which country is the city of N/A?"), else the question text `filler`; same options,
     no knowledge context."""
     from ift_utils.data_facts import entity_of
 
     entity = entity_of(q)
     if entity and entity in q.question:
-        return replace(q, question=q.question.replace(entity, CONTENT_FREE), context="")
-    return replace(q, question=CONTENT_FREE, context="")
+        return replace(q, question=q.question.replace(entity, filler), context="")
+    return replace(q, question=filler, context="")
 
 
 def calibrated(probs: Sequence[float], prior: Sequence[float]) -> np.ndarray:
@@ -320,27 +326,65 @@ def calibrated(probs: Sequence[float], prior: Sequence[float]) -> np.ndarray:
     return _softmax(np.log(np.asarray(probs, dtype=np.float64)) - np.log(np.asarray(prior, dtype=np.float64)))
 
 
-def _content_free_set(questions: Sequence[MCQ], mode: str) -> tuple[list[MCQ], list[list[tuple[int, int]]]]:
-    """The distinct content-free items to score and, per question and option, (item, option index) in them.
-    Cloze: one item per distinct content-free question holding the union of its questions' options (each is
-    scored as a suffix of one shared context); letter: one item per distinct (question, options)."""
+def pmi_calibrated(logp: Sequence[float], logp_cf: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """(content-free prior, calibrated probabilities) of one question from summed option log-probs `logp` under
+    its prompt and `logp_cf[f][o]` under each content-free prompt f: p_cf = mean over f of softmax_o(logp_cf[f])
+    (Zhao et al. average the content-free distributions over the options), calibrated = softmax_o(logp[o] −
+    log p_cf(o)) (PMI). Each step ignores a constant per prompt, so raw letter logits serve as well."""
+    prior = np.mean([_softmax(np.asarray(f, dtype=np.float64)) for f in logp_cf], axis=0)
+    return prior, _softmax(np.asarray(logp, dtype=np.float64) - np.log(prior))
+
+
+def loo_calibrated(probs: Sequence[Sequence[float]], choices: Sequence[Sequence[str]]) -> list[np.ndarray]:
+    """Calibrated by a leave-one-out answer prior: each option's prior is its answer string's mean probability
+    over the *other* questions that offer it; an option no other question offers gets the geometric mean of the
+    question's other priors (no correction of its own; a question with none is left as it is)."""
+    total: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for p, cs in zip(probs, choices, strict=True):
+        for x, c in zip(p, cs, strict=True):
+            total[c] = total.get(c, 0.0) + float(x)
+            count[c] = count.get(c, 0) + 1
+    out = []
+    for p, cs in zip(probs, choices, strict=True):
+        p = np.asarray(p, dtype=np.float64)
+        prior = np.array([(total[c] - x) / (count[c] - 1) if count[c] > 1 else np.nan
+                          for x, c in zip(p, cs, strict=True)])
+        known = np.isfinite(prior) & (prior > 0)
+        if not known.any():
+            out.append(p / p.sum())
+            continue
+        log_prior = np.where(known, np.log(np.where(known, prior, 1.0)), np.log(prior[known]).mean())
+        out.append(_softmax(np.log(p) - log_prior))
+    return out
+
+
+def _content_free_set(questions: Sequence[MCQ], mode: str
+                      ) -> tuple[list[MCQ], list[list[list[tuple[int, int]]]]]:
+    """The distinct content-free items to score and, per question, per filler of `CONTENT_FREE` and per option,
+    (item, option index) in them. Cloze: one item per distinct content-free question holding the union of its
+    questions' options (each is scored as a suffix of one shared context); letter: one item per distinct
+    (question, options)."""
     items: list[MCQ] = []
     where: dict[tuple, int] = {}
-    index: list[list[tuple[int, int]]] = []
+    index: list[list[list[tuple[int, int]]]] = []
     for q in questions:
-        cf = content_free(q)
-        key = (cf.question, cf.subject) if mode == "cloze" else (cf.question, cf.subject, cf.choices)
-        if key not in where:
-            where[key] = len(items)
-            items.append(replace(cf, choices=(), answer=0) if mode == "cloze" else cf)
-        k = where[key]
-        if mode == "cloze":
-            have = list(items[k].choices)
-            have += [c for c in dict.fromkeys(q.choices) if c not in have]
-            items[k] = replace(items[k], choices=tuple(have))
-            index.append([(k, have.index(c)) for c in q.choices])
-        else:
-            index.append([(k, i) for i in range(len(q.choices))])
+        per_filler = []
+        for filler in CONTENT_FREE:
+            cf = content_free(q, filler)
+            key = (cf.question, cf.subject) if mode == "cloze" else (cf.question, cf.subject, cf.choices)
+            if key not in where:
+                where[key] = len(items)
+                items.append(replace(cf, choices=(), answer=0) if mode == "cloze" else cf)
+            k = where[key]
+            if mode == "cloze":
+                have = list(items[k].choices)
+                have += [c for c in dict.fromkeys(q.choices) if c not in have]
+                items[k] = replace(items[k], choices=tuple(have))
+                per_filler.append([(k, have.index(c)) for c in q.choices])
+            else:
+                per_filler.append([(k, i) for i in range(len(q.choices))])
+        index.append(per_filler)
     return items, index
 
 
@@ -352,8 +396,8 @@ def score_mcqs(model, tokenizer, questions: Sequence[MCQ], spec: PromptSpec, *, 
 
     `max_batch` and `max_tokens` bound the contexts (or, with `two_level=False`, the option rows) of one forward
     pass. Returns one row per question: id, domain, subject, answer, probs, pred, correct, confidence, mode; with
-    `calibrate`, also the content-free distribution `probs_cf` and the calibrated `probs_cal`, `pred_cal`,
-    `correct_cal`, `confidence_cal` (module docstring).
+    `calibrate`, also the content-free distribution `probs_cf` (mean over the three content-free prompts) and the
+    PMI-calibrated `probs_cal`, `pred_cal`, `correct_cal`, `confidence_cal` (module docstring).
     """
     if spec.mode not in MODES:
         raise ValueError(f"scoring mode must be one of {MODES}, got {spec.mode!r}")
@@ -374,9 +418,15 @@ def score_mcqs(model, tokenizer, questions: Sequence[MCQ], spec: PromptSpec, *, 
     probs = [_softmax(np.array(s, dtype=np.float64)) for s in scores]
     if not calibrate:
         return _frame(list(questions), probs, spec)
-    cf = [np.array([cf_scores[k][i] for k, i in where], dtype=np.float64) for where in cf_index]
-    cal = [_softmax(np.array(s, dtype=np.float64) - c) for s, c in zip(scores, cf, strict=True)]
-    return _frame(list(questions), probs, spec, calibrate=True, prior=[_softmax(c) for c in cf], cal=cal)
+    # the scorers give per-token means (cloze) or one letter's score: the PMI is on summed log-probabilities
+    summed = [[m * len(scored) for m, (_, scored) in zip(s, rows, strict=True)]
+              for s, rows in zip(scores, encoded, strict=True)]
+    cf_summed = [[m * len(scored) for m, (_, scored) in zip(s, rows, strict=True)]
+                 for s, rows in zip(cf_scores, cf_encoded, strict=True)]
+    pairs = [pmi_calibrated(s, [[cf_summed[k][i] for k, i in opts] for opts in fillers])
+             for s, fillers in zip(summed, cf_index, strict=True)]
+    return _frame(list(questions), probs, spec, calibrate=True, prior=[p for p, _ in pairs],
+                  cal=[c for _, c in pairs])
 
 
 def _frame(questions: list[MCQ], probs: list[np.ndarray], spec: PromptSpec, *, calibrate: bool = False,

@@ -39,6 +39,7 @@ from ift_utils.stages.shared import (
 )
 
 log = logging.getLogger(__name__)
+CALIBRATION = "pmi summed, 3 content-free"  # in the cache key: scores calibrated another way are scored again
 
 
 def question_key(q: MCQ) -> str:
@@ -91,6 +92,8 @@ def answer_rows(cell: Cell, test_set: str, base: pd.DataFrame, ft: pd.DataFrame,
                          "ratio": cell.ratio, "seed": cell.seed, "epoch": epoch, "test_set": test_set,
                          "id": merged["id"].to_numpy(), "correct": merged["correct_ft"].astype(int).to_numpy(),
                          "correct_cal": merged["correct_cal"].astype(int).to_numpy() if "correct_cal" in merged
+                         else np.nan,
+                         "correct_loo": merged["correct_loo"].astype(int).to_numpy() if "correct_loo" in merged
                          else np.nan, "base_correct": merged["correct_base"].astype(int).to_numpy()})
 
 
@@ -185,6 +188,20 @@ def trained_answer_texts(paths: RunPaths, cell: Cell) -> set[str] | None:
     return {target_text(ex) for ex in read_jsonl(path)}
 
 
+def with_loo(scored: pd.DataFrame, questions: list[MCQ]) -> pd.DataFrame:
+    """`scored` (one test set of one model) with `correct_loo`: each answer calibrated by the leave-one-out answer
+    prior (each answer string's mean probability over the other questions of the set that offer it), a prior
+    independent of the content-free prompts, as a sensitivity reading of the calibrated verdict."""
+    from ift_utils.probing import loo_calibrated
+
+    if scored.empty:
+        return scored.assign(correct_loo=pd.Series(dtype=bool))
+    by_id = {str(q.id): q for q in questions}
+    qs = [by_id[str(i)] for i in scored["id"]]
+    cal = loo_calibrated(scored["probs"].tolist(), [q.choices for q in qs])
+    return scored.assign(correct_loo=[int(np.argmax(c)) == q.answer for c, q in zip(cal, qs, strict=True)])
+
+
 def score_cell(scorer_model, tok, cell: Cell, P, paths: RunPaths, tests: dict[str, list[MCQ]], base: pd.DataFrame,
                epoch: float, key_extra: dict, tag: str = "") -> tuple[list[dict], pd.DataFrame, list[dict]]:
     """Score one model (a cell at one checkpoint, or a control) on its domain's test sets, raw and calibrated, and
@@ -198,7 +215,7 @@ def score_cell(scorer_model, tok, cell: Cell, P, paths: RunPaths, tests: dict[st
     fit_qs = list({it["mcq"].id: it["mcq"] for items in fsets.values() for it in items}.values())
     sets = {**tests, FIT_SET: fit_qs}
     key = {"cell": cell.key, "epoch": epoch, "spec": [P.scoring, P.chat_template, P.prompt_style], "encoder": ENCODER,
-           "calibrate": True, "passes": "one per spec", **key_extra,
+           "calibrate": True, "calibration": CALIBRATION, "passes": "one per spec", **key_extra,
            "questions": {t: [q.to_json() for q in qs] for t, qs in sets.items()}}
 
     def compute() -> pd.DataFrame:
@@ -221,13 +238,13 @@ def score_cell(scorer_model, tok, cell: Cell, P, paths: RunPaths, tests: dict[st
     rows, answers = [], []
     cols = ["domain", "id", "probs", "correct"]
     for t, qs in tests.items():
-        ft = scored[scored["test_set"] == t][[*cols, "correct_cal"]]
+        ft = with_loo(scored[scored["test_set"] == t], qs)[[*cols, "correct_cal", "correct_loo"]]
         b = base[(base["probe_domain"] == cell.domain) & (base["split"] == t)][cols]
         if len(ft):
-            rows.append(base_ft_rows(cell, t, b, ft.drop(columns="correct_cal"), P.model, epoch))
+            rows.append(base_ft_rows(cell, t, b, ft.drop(columns=["correct_cal", "correct_loo"]), P.model, epoch))
             if reference is not None:
                 ref = reference[reference["test_set"] == t][cols]
-                cons = consistency_against(ref, ft.drop(columns="correct_cal"))
+                cons = consistency_against(ref, ft.drop(columns=["correct_cal", "correct_loo"]))
                 rows[-1].update({"kl_no_ift": cons["kl"], "rank_corr_no_ift": cons["rank_corr"]})
             a = answer_rows(cell, t, b, ft, P.model, epoch)
             in_training = {q.id: (gold_text(q) in trained) if trained is not None else np.nan for q in qs}
@@ -348,12 +365,33 @@ def fit_with_baseline(fit: pd.DataFrame, fit_controls: pd.DataFrame) -> pd.DataF
 
 
 def accuracy_by_answer(answers: pd.DataFrame) -> pd.DataFrame:
-    """Test accuracy (raw and calibrated) per group and test set, split by whether the test question's gold answer
-    is among the answers the cell trained on: a group that mainly moved the answer prior gains on trained answers."""
+    """Test accuracy (raw, calibrated, leave-one-out prior removed) per group and test set, split by whether the
+    test question's gold answer is among the answers the cell trained on, beside `no_ift` on the same questions of
+    the same split (the untrained reference), and the difference in differences: (group − no_ift on trained
+    answers) − (group − no_ift on the others). A group that mainly moved the answer prior gains on trained answers
+    beyond what the untrained model already had there."""
     a = answers[answers["answer_trained"].notna()] if "answer_trained" in answers else answers.iloc[:0]
     if a.empty:
         return pd.DataFrame()
     a = a.assign(answer_trained=a["answer_trained"].astype(bool))
-    return (a.groupby(["group", "test_set", "answer_trained"])
-             .agg(n=("correct", "size"), accuracy=("correct", "mean"), accuracy_cal=("correct_cal", "mean"))
-             .reset_index())
+    scores = {"accuracy": "correct", "accuracy_cal": "correct_cal", "accuracy_loo": "correct_loo"}
+    scores = {k: v for k, v in scores.items() if v in a}
+    keys = ["group", "test_set", "answer_trained"]
+    out = a.groupby(keys).agg(n=("correct", "size"), **{k: (v, "mean") for k, v in scores.items()}).reset_index()
+    ref = answers[answers["group"] == NO_IFT] if "group" in answers else answers.iloc[:0]
+    if ref.empty:
+        return out
+    # no_ift's accuracy on the very answers each group's split holds (same domain, test set and question)
+    split = a[["group", "domain", "test_set", "id", "answer_trained"]].drop_duplicates()
+    base = split.merge(ref[["domain", "test_set", "id", *scores.values()]].drop_duplicates(["domain", "test_set",
+                                                                                           "id"]),
+                       on=["domain", "test_set", "id"], how="inner")
+    base = base.groupby(keys).agg(**{f"no_ift_{k}": (v, "mean") for k, v in scores.items()}).reset_index()
+    out = out.merge(base, on=keys, how="left")
+    for k in scores:
+        gain = out[k] - out[f"no_ift_{k}"]
+        wide = out.assign(gain=gain).pivot_table(index=["group", "test_set"], columns="answer_trained",
+                                                 values="gain")
+        did = (wide.get(True) - wide.get(False)) if {True, False} <= set(wide.columns) else None
+        out[f"did_{k}"] = (out.set_index(["group", "test_set"]).index.map(did) if did is not None else np.nan)
+    return out

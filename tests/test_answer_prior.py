@@ -1,0 +1,35 @@
+"""The answer-prior split of stage 04: accuracy on trained / not-trained answers beside no_ift on the same questions,
+the difference in differences, and the leave-one-out calibrated answers."""
+
+import numpy as np
+import pandas as pd
+
+from ift_utils.records import MCQ
+from ift_utils.stages.evaluation import accuracy_by_answer, with_loo
+
+
+def test_difference_in_differences_by_hand():
+    """Group H on 4 questions (2 trained answers: correct 1, 1; 2 others: 1, 0), no_ift on the same (trained: 1, 0;
+    others: 0, 0). H − no_ift: trained 1.0 − 0.5 = 0.5, others 0.5 − 0.0 = 0.5, so the difference in differences is
+    0.0: H's edge on trained answers is the edge it has everywhere, not an answer prior."""
+    ids = [0, 1, 2, 3]
+    h = pd.DataFrame({"group": "harmonious", "domain": "d", "test_set": "HOMO", "id": ids,
+                      "answer_trained": [True, True, False, False], "correct": [1, 1, 1, 0],
+                      "correct_cal": [1, 0, 1, 0], "correct_loo": [1, 1, 0, 0]})
+    n = pd.DataFrame({"group": "no_ift", "domain": "d", "test_set": "HOMO", "id": ids, "answer_trained": np.nan,
+                      "correct": [1, 0, 0, 0], "correct_cal": [0, 0, 1, 0], "correct_loo": [0, 0, 0, 0]})
+    got = accuracy_by_answer(pd.concat([h, n], ignore_index=True)).set_index("answer_trained")
+    assert got.loc[True, "accuracy"] == 1.0 and got.loc[True, "no_ift_accuracy"] == 0.5
+    assert got.loc[False, "accuracy"] == 0.5 and got.loc[False, "no_ift_accuracy"] == 0.0
+    assert (got["did_accuracy"] == 0.0).all()
+    # calibrated: H (0.5 − 0.0) − (0.5 − 0.5) = 0.5; leave-one-out: (1.0 − 0.0) − (0.0 − 0.0) = 1.0
+    assert np.allclose(got["did_accuracy_cal"], 0.5) and np.allclose(got["did_accuracy_loo"], 1.0)
+    assert set(got["group"]) == {"harmonious"}  # no_ift is the reference, not a row
+
+
+def test_with_loo_marks_leave_one_out_answers():
+    """Two questions offering ("x", "y"): q0 p = (0.4, 0.6), q1 p = (0.9, 0.1), gold x for both. q0's prior is q1's
+    probabilities (0.9, 0.1): (0.4/0.9, 0.6/0.1) favours y, wrong; q1's prior (0.4, 0.6): (2.25, 0.17), x, right."""
+    qs = [MCQ(id=i, question="?", choices=("x", "y"), answer=0) for i in range(2)]
+    scored = pd.DataFrame({"id": [0, 1], "probs": [[0.4, 0.6], [0.9, 0.1]]})
+    assert with_loo(scored, qs)["correct_loo"].tolist() == [False, True]
