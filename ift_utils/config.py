@@ -25,6 +25,19 @@ class ParamError(ValueError):
     """Bad study parameters; the message is meant for the person who wrote them."""
 
 
+class DecideBy(BaseModel):
+    """The one verdict that decides, fixed before the run: which scoring and which checkpoint (the others are
+    sensitivity analyses that decide nothing)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    score: Literal["raw", "calibrated"] = Field("raw", description="raw: the paper's scoring (groups' answer mixes "
+                                                "matched by design); calibrated: the content-free prior removed")
+    checkpoint: Literal["convergence", "early_stop"] = Field(
+        "convergence", description="convergence: the cell's final weights (its facts fitted); early_stop: the "
+                                   "checkpoint of best held-out accuracy (Gekhman et al.'s two readings)")
+
+
 class StudyParams(BaseModel):
     """Every knob of a study run. Defaults are the embedded default study's: `params/default.yaml` holds the same
     values (tests/test_config.py keeps the two equal), so a file that sets only `run_name` runs that study."""
@@ -135,6 +148,9 @@ class StudyParams(BaseModel):
         "bootstrap", description="question-level model behind the verdict's intervals: a bootstrap resampling "
                                  "training runs and questions together, or a binomial GLMM (random intercepts "
                                  "for question and run)")
+    decide_by: DecideBy = Field(default_factory=DecideBy, description="the scoring and checkpoint whose verdict "
+                                "decides (score: raw|calibrated, checkpoint: convergence|early_stop); every other "
+                                "reading is a sensitivity analysis")
 
     @field_validator("domains")
     @classmethod

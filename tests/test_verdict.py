@@ -149,7 +149,7 @@ def test_raw_p_passes_but_the_holm_adjusted_one_does_not():
     v = adjust(_claim_rows(ps)).set_index(["claim", "test_set"])
     prim = v.loc[(CLAIM_HARMONIOUS, "HOMO")]
     assert prim["p_adj"] == 0.04 and prim["supported"] is True and np.isnan(prim["p_holm_all"])
-    assert "primary contrast, unadjusted p = 0.04" in prim["reading"]
+    assert "primary contrast, tested first at alpha 0.05, p = 0.04" in prim["reading"]
     s_id = v.loc[(CLAIM_SELF_ALIGNING, "ID")]
     # within the claim (3 rows): 0.008 × 3, 0.045 × 2 = 0.09, 0.5; over all 5 non-primary claim rows
     assert s_id["p_holm_claim"] == pytest.approx(0.09) and s_id["p_holm_all"] == pytest.approx(0.135)

@@ -249,7 +249,9 @@ def score_cell(scorer_model, tok, cell: Cell, P, paths: RunPaths, tests: dict[st
             a = answer_rows(cell, t, b, ft, P.model, epoch)
             in_training = {q.id: (gold_text(q) in trained) if trained is not None else np.nan for q in qs}
             keys = {q.id: question_key(q) for q in qs}
-            answers.append(a.assign(answer_trained=a["id"].map(in_training), qkey=a["id"].map(keys)))
+            golds = {q.id: gold_text(q) for q in qs}  # the verdict joins questions that share a gold answer
+            answers.append(a.assign(answer_trained=a["id"].map(in_training), qkey=a["id"].map(keys),
+                                    gold=a["id"].map(golds)))
     fits = []
     pred = dict(zip(scored.loc[scored["test_set"] == FIT_SET, "id"], scored.loc[scored["test_set"] == FIT_SET, "pred"],
                     strict=True))
