@@ -441,3 +441,46 @@ def plot_difference_vs_fit(eval_table: pd.DataFrame, train_fit: pd.DataFrame) ->
     fig.suptitle("Each claim's difference against the incompatible group's fitted share (one point per replicate "
                  "and checkpoint)", fontsize=10)
     return fig
+
+
+def plot_loss_curves(curves: pd.DataFrame, domains: Sequence[str] | None = None) -> Figure:
+    """Training loss per step, one panel per domain, one line per condition (mean over replicates); `curves` has
+    columns domain, condition, step, loss (`stages.training.loss_curves`)."""
+    domains = list(domains) if domains is not None else ordered_unique(curves["domain"]) if len(curves) else []
+    fig = Figure(figsize=(4 * max(len(domains), 1), 3.2), layout="constrained")
+    axes = fig.subplots(1, max(len(domains), 1), squeeze=False)[0]
+    if not domains:
+        _empty_note(axes[0], "no training loss recorded")
+        return fig
+    for ax, d in zip(axes, domains, strict=True):
+        part = curves[curves["domain"] == d]
+        if part.empty:
+            _empty_note(ax, f"{d}: no loss recorded")
+        else:
+            sns.lineplot(data=part, x="step", y="loss", hue="condition", ax=ax, errorbar=None)
+        ax.set_title(d)
+    return fig
+
+
+def plot_fit_curves(fit_curve: pd.DataFrame, fit_target: float | None = None) -> Figure:
+    """Per epoch, mean over cells of a group: fit on the cell's own training facts (left, with the target as a dotted
+    line) and accuracy on the held-out `fit_dev` slice (right); `fit_curve` has columns group, epoch, fit, dev_acc
+    (`stages.training.fit_curves`). Each epoch is marked, so a group that reached the target in one epoch is a
+    point."""
+    fig = Figure(figsize=(9, 3.2), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    if fit_curve.empty:
+        _empty_note(ax1, "every cell trained a fixed dose (no fit recorded)")
+        _empty_note(ax2, "")
+        return fig
+    sns.lineplot(data=fit_curve, x="epoch", y="fit", hue="group", ax=ax1, errorbar=None, marker="o")
+    has_dev = "dev_acc" in fit_curve and fit_curve["dev_acc"].notna().any()
+    if has_dev:
+        sns.lineplot(data=fit_curve, x="epoch", y="dev_acc", hue="group", ax=ax2, errorbar=None, legend=False,
+                     marker="o")
+    else:
+        _empty_note(ax2, "no held-out slice (fit_dev: 0)")
+    ax1.axhline(fit_target or 1, color="grey", ls=":")
+    ax1.set_title("fit on own training facts")
+    ax2.set_title("accuracy on held-out fit_dev slice")
+    return fig

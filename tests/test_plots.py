@@ -233,3 +233,33 @@ def test_report_shows_the_mde_note_controls_without_a_verdict_and_extra_tables(t
     assert "with 80 % power" in text and "<code>mde</code>" in text and "Holm" in text
     assert "<td class='no'>no</td>" in text and "<td>–</td>" in text and "None" not in text
     assert "<h3>Controls&#x27; consistency</h3>" in text and "0.21" in text
+
+
+def test_loss_curves_one_panel_per_domain(tmp_path):
+    from ift_utils.plots import plot_loss_curves
+
+    curves = pd.DataFrame([{"domain": d, "condition": c, "seed": s, "step": t, "loss": 2.0 / t}
+                           for d in ("capitals", "rivers") for c in ("ratio0", "ratio1") for s in (0, 1)
+                           for t in range(1, 6)])
+    fig = plot_loss_curves(curves, ["capitals", "rivers"])
+    assert [ax.get_title() for ax in fig.axes] == ["capitals", "rivers"]
+    assert all(len(ax.get_lines()) >= 2 for ax in fig.axes)  # one line per condition
+    _check(fig, tmp_path, "training_loss")
+    empty = plot_loss_curves(curves[curves["domain"] == "capitals"], ["capitals", "rivers"])
+    assert "no loss recorded" in empty.axes[1].texts[0].get_text()
+
+
+def test_fit_curves_mark_the_target_and_the_held_out_slice(tmp_path):
+    from ift_utils.plots import plot_fit_curves
+
+    fit_curve = pd.DataFrame({"group": ["harmonious", "incompatible", "incompatible", "incompatible"],
+                              "epoch": [1, 1, 2, 3], "fit": [0.95, 0.3, 0.7, 0.92], "dev_acc": [0.5, 0.45, 0.5, 0.4]})
+    fig = plot_fit_curves(fit_curve, 0.9)
+    ax1, ax2 = fig.axes
+    assert ax1.get_title() == "fit on own training facts" and ax2.get_title() == "accuracy on held-out fit_dev slice"
+    assert any(list(line.get_ydata()) == [0.9, 0.9] for line in ax1.get_lines())  # the target
+    assert len(ax2.get_lines()) >= 2
+    _check(fig, tmp_path, "fit_curve")
+    assert "fixed dose" in plot_fit_curves(fit_curve.iloc[:0], 0.9).axes[0].texts[0].get_text()
+    no_dev = plot_fit_curves(fit_curve.assign(dev_acc=np.nan), None)
+    assert "fit_dev: 0" in no_dev.axes[1].texts[0].get_text()
