@@ -1,5 +1,7 @@
-"""The run's one-page HTML report: contents, the stages in order with links to their executed notebooks,
-every figure with its caption, the verdict table, and the parameters and versions used.
+"""The run's one-page HTML report. It opens with the headline: the paper's three group claims on HOMO, ours raw and
+calibrated with their intervals and minimum detectable effects beside the paper's numbers, and the run's reading.
+Then the contents, the full verdict table, the stages in order with links to their executed notebooks, every figure
+with its caption, and the parameters and versions used.
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ import numpy as np
 import pandas as pd
 
 from ift_utils.io import write_text
+from ift_utils.verdict import CLAIM_CONTEXTUALIZED, CLAIM_HARMONIOUS, CLAIM_SELF_ALIGNING
+
+HEADLINE_CLAIMS = (CLAIM_HARMONIOUS, CLAIM_SELF_ALIGNING, CLAIM_CONTEXTUALIZED)
+HEADLINE_COLUMNS = ["claim", "ours", "lo", "hi", "mde", "ours_cal", "lo_cal", "hi_cal", "mde_cal", "paper",
+                    "decision"]
 
 STAGE_TITLES = {
     "01_probe": "Probe: what the base model believes",
@@ -59,17 +66,47 @@ VERDICT_NOTE = ("<p>Differences are in accuracy points. <code>lo</code>–<code>
                 "descriptive and support no claim (–); “not estimable” rows had no variance.</p>")
 
 
+def headline_table(verdict: pd.DataFrame, calibrated: pd.DataFrame | None = None, test_set: str = "HOMO"
+                   ) -> pd.DataFrame:
+    """The headline: one row per group claim (harmonious, self-aligning, contextualized − incompatible) on
+    `test_set`, with our raw estimate, interval and MDE, the same from the calibrated verdict (`*_cal`, empty without
+    one), the paper's number and the decision. Values are copied from the verdict rows, never recomputed."""
+    def rows(frame: pd.DataFrame | None) -> pd.DataFrame:
+        if frame is None or frame.empty:
+            return pd.DataFrame(columns=["claim", "ours", "lo", "hi", "mde", "paper", "decision"])
+        keep = frame[(frame["claim"].isin(HEADLINE_CLAIMS)) & (frame["test_set"] == test_set)]
+        if "kind" in keep:
+            keep = keep[keep["kind"] == "claim"]
+        return keep.reindex(columns=["claim", "ours", "lo", "hi", "mde", "paper", "decision"])
+
+    raw, cal = rows(verdict), rows(calibrated)
+    cal = cal[["claim", "ours", "lo", "hi", "mde"]].rename(columns={c: f"{c}_cal" for c in ("ours", "lo", "hi", "mde")})
+    out = raw.merge(cal, on="claim", how="left")
+    order = {c: i for i, c in enumerate(HEADLINE_CLAIMS)}
+    out = out.sort_values("claim", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
+    return out.reindex(columns=HEADLINE_COLUMNS)
+
+
+HEADLINE_NOTE = ("<p>Accuracy points on {test_set} at the final checkpoint. <code>ours</code> [<code>lo</code>, "
+                 "<code>hi</code>]: our difference and its 95 % interval; <code>mde</code>: the smallest difference "
+                 "this run would detect with 80 % power; <code>_cal</code>: the same under calibrated scoring (the "
+                 "answer prior of a content-free prompt removed); <code>paper</code>: Ren et al.'s number. The full "
+                 "verdict, every test set and the controls, is <a href='#verdict'>below</a>.</p>")
+
+
 def build_report(run_dir: Path, figures: list[tuple[str, str]], verdict: pd.DataFrame, headline: str,
-                 tables: list[tuple[str, pd.DataFrame]] | None = None) -> Path:
+                 tables: list[tuple[str, pd.DataFrame]] | None = None, headline_rows: pd.DataFrame | None = None,
+                 headline_test_set: str = "HOMO") -> Path:
     """Write `run_dir/report.html`; `figures` are (file stem under figures/, caption); `tables` are extra
-    (title, frame) tables shown after the verdict (e.g. the consistency of the controls)."""
+    (title, frame) tables shown after the verdict (e.g. the consistency of the controls); `headline_rows` (from
+    `headline_table`) open the page with `headline`, the run's reading, under them."""
     run_dir = Path(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
     params = manifest.get("params", {})
     versions = manifest.get("versions", {})
     stages = manifest.get("stages", {})
     fig_toc = "".join(f"<li><a href='#fig-{stem}'>{html.escape(toc_title(cap))}</a></li>" for stem, cap in figures)
-    toc = ["<li><a href='#verdict'>Verdict</a></li>", "<li><a href='#stages'>Stages</a></li>",
+    toc = ["<li><a href='#headline'>Headline</a></li>", "<li><a href='#verdict'>Verdict</a></li>", "<li><a href='#stages'>Stages</a></li>",
            f"<li><a href='#figures'>Figures</a><ol>{fig_toc}</ol></li>",
            "<li><a href='#params'>Parameters and versions</a></li>"]
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Report · {html.escape(run_dir.name)}"
@@ -77,8 +114,13 @@ def build_report(run_dir: Path, figures: list[tuple[str, str]], verdict: pd.Data
              f"<h1>Learning or self-aligning? · run <code>{html.escape(run_dir.name)}</code></h1>",
              "<p>Replication of Ren et al., <em>Learning or Self-aligning? Rethinking Instruction Fine-tuning</em> "
              "(ACL 2024). Every number on this page is computed by the run's notebooks.</p>",
-             f"<nav><h2>Contents</h2><ol>{''.join(toc)}</ol></nav>",
-             f"<h2 id='verdict'>Verdict</h2><p>{html.escape(headline)}</p>"]
+             "<h2 id='headline'>Headline</h2>"]
+    if headline_rows is not None and len(headline_rows):
+        parts.append(HEADLINE_NOTE.format(test_set=html.escape(headline_test_set)))
+        parts.append(_table(headline_rows).replace("<table", "<table id='headline-table'", 1))
+    parts += [f"<p id='reading'><strong>Reading.</strong> {html.escape(headline)}</p>",
+              f"<nav><h2>Contents</h2><ol>{''.join(toc)}</ol></nav>",
+              "<h2 id='verdict'>Verdict</h2>"]
     v = verdict.copy()
     if "supported" in v:
         v["supported"] = v["supported"].map(_yes_no)

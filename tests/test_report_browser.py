@@ -1,4 +1,5 @@
-"""The run report (`report.html`) rendered in a real browser: every figure loads, the page logs no errors.
+"""The run report (`report.html`) rendered in a real browser: every figure loads, the page logs no errors, and it
+opens with the headline table whose numbers are those of `tables/verdict.csv` (a screenshot is taken).
 
 Builds a small report with `ift_utils.report.build_report` (fake manifest, two matplotlib PNGs, a tiny
 verdict table), opens it from disk in headless Chromium and reads what the page did through the Chrome
@@ -95,11 +96,24 @@ class Browser:
             toc: Array.from(document.querySelectorAll('nav a[href^="#"]'), a => a.getAttribute('href')),
             ids: Array.from(document.querySelectorAll('[id]'), e => e.id),
             captions: Array.from(document.querySelectorAll('figure figcaption'), c => c.textContent),
-            headings: Array.from(document.querySelectorAll('h2'), h => h.textContent)})"""
+            headings: Array.from(document.querySelectorAll('h2'), h => h.textContent),
+            headline: Array.from(document.querySelectorAll('#headline-table tr'),
+                                 r => Array.from(r.cells, c => c.textContent)),
+            headlineTop: (document.getElementById('headline-table') || {getBoundingClientRect: () => ({top: -1})})
+                           .getBoundingClientRect().top,
+            verdictTop: document.getElementById('verdict').getBoundingClientRect().top})"""
         res = self.call("Runtime.evaluate", expression=probe, returnByValue=True)
         out = json.loads(res["result"]["value"])
         out["errors"] = [_error_text(e) for e in self.events if _is_error(e)]
         return out
+
+    def screenshot(self, path: Path) -> Path:
+        """The page as rendered (the first 1200 × 2000 pixels), as a PNG."""
+        import base64
+
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        path.write_bytes(base64.b64decode(data))
+        return path
 
     def close(self) -> None:
         try:
@@ -205,3 +219,58 @@ def test_browser_check_catches_a_broken_figure_and_a_script_error(browser, repor
     assert [i["src"] for i in page["images"] if i["width"] == 0] == ["figures/missing.png"]
     joined = "\n".join(page["errors"])
     assert "boom" in joined and "undefinedCall" in joined and "missing.png" in joined, page["errors"]
+
+
+def _verdict_rows(offset: float) -> pd.DataFrame:
+    """A verdict in the shape stage 05 writes: the three group claims on HOMO and ID, a control row."""
+    rows = []
+    for i, (claim, paper) in enumerate((("harmonious > incompatible", 11.27), ("self-aligning > incompatible", 5.25),
+                                        ("contextualized > incompatible", 7.21))):
+        for ts in ("HOMO", "ID"):
+            ours = round(-4.0 + 2.5 * i + offset + (ts == "ID"), 3)
+            rows.append({"claim": claim, "kind": "claim", "test_set": ts, "ours": ours, "lo": ours - 8.4,
+                         "hi": ours + 8.4, "p": 0.5, "p_adj": 0.9, "mde": 11.8 - i, "paper": paper,
+                         "decision": "inconclusive", "reading": f"between {ours - 8.4:.1f} and {ours + 8.4:.1f}"})
+    rows.append({"claim": "general_only − no_ift", "kind": "control", "test_set": "HOMO", "ours": 4.5, "lo": 0.5,
+                 "hi": 8.5, "p": 0.03, "p_adj": float("nan"), "mde": 6.0, "paper": float("nan"),
+                 "decision": "descriptive", "reading": "descriptive"})
+    return pd.DataFrame(rows)
+
+
+def test_report_opens_with_the_headline_of_verdict_csv(browser, tmp_path):
+    """The headline table comes before the full verdict, its numbers are verdict.csv's (raw) and
+    verdict_calibrated.csv's (calibrated) HOMO claim rows, as shown with two decimals; a screenshot is kept."""
+    from ift_utils.report import build_report, headline_table
+
+    run = tmp_path / "headline-run"
+    (run / "tables").mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"run_name": run.name, "params": {}, "versions": {},
+                                                   "stages": {}}))
+    _verdict_rows(0.0).to_csv(run / "tables" / "verdict.csv", index=False)
+    _verdict_rows(1.25).to_csv(run / "tables" / "verdict_calibrated.csv", index=False)
+    raw = pd.read_csv(run / "tables" / "verdict.csv")
+    cal = pd.read_csv(run / "tables" / "verdict_calibrated.csv")
+    head = headline_table(raw, cal)
+    page_file = build_report(run, [], raw, "No claim is decided at this size.", headline_rows=head)
+    page = browser.open(page_file.resolve().as_uri())
+    shot = browser.screenshot(tmp_path / "report.png")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    if os.environ.get("IFT_SCREENSHOT_DIR"):  # keep it, e.g. to refresh docs/figures/report_screenshot.png
+        shutil.copy(shot, Path(os.environ["IFT_SCREENSHOT_DIR"]) / "report_headline.png")
+    assert page["errors"] == []
+    assert page["headings"][0] == "Headline"
+    assert 0 <= page["headlineTop"] < page["verdictTop"], "the headline must come before the full verdict"
+    header, *body = page["headline"]
+    assert header[:5] == ["claim", "ours", "lo", "hi", "mde"] and "ours_cal" in header and "paper" in header
+    assert [r[0] for r in body] == ["harmonious > incompatible", "self-aligning > incompatible",
+                                    "contextualized > incompatible"]
+    for row in body:
+        shown = dict(zip(header, row, strict=True))
+        want_raw = raw[(raw["claim"] == shown["claim"]) & (raw["test_set"] == "HOMO")].iloc[0]
+        want_cal = cal[(cal["claim"] == shown["claim"]) & (cal["test_set"] == "HOMO")].iloc[0]
+        for col in ("ours", "lo", "hi", "mde", "paper"):
+            assert float(shown[col]) == round(float(want_raw[col]), 2), (shown["claim"], col)
+        for col in ("ours", "lo", "hi", "mde"):
+            assert float(shown[f"{col}_cal"]) == round(float(want_cal[col]), 2), (shown["claim"], col)
+    text = page_file.read_text(encoding="utf-8")
+    assert text.index("No claim is decided at this size.") < text.index("id='verdict'")
