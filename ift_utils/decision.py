@@ -83,6 +83,29 @@ def holm(p: pd.Series) -> pd.Series:
     return out
 
 
+def holm_rows(p: np.ndarray) -> np.ndarray:
+    """Holm-adjusted p of each row of `p` (studies × hypotheses, NaN = not tested), vectorized over studies: the
+    same values as `holm` row by row."""
+    p = np.atleast_2d(np.asarray(p, dtype=float))
+    m = np.isfinite(p).sum(axis=1, keepdims=True)
+    order = np.argsort(np.where(np.isfinite(p), p, np.inf), axis=1, kind="stable")
+    ranked = np.take_along_axis(p, order, axis=1)
+    factor = m - np.arange(p.shape[1])[None, :]
+    adj = np.minimum(np.fmax.accumulate(np.where(np.isfinite(ranked), ranked * factor, np.nan), axis=1), 1.0)
+    out = np.full_like(p, np.nan)
+    np.put_along_axis(out, order, adj, axis=1)
+    return np.where(np.isfinite(p), out, np.nan)
+
+
+def gated_rejections(p_primary: np.ndarray, p_others: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+    """The decision rule on many studies at once: (studies × (1 + others)) booleans, the primary rejected at
+    alpha, each other row rejected when the primary was and its Holm-adjusted p (over the others) is below alpha."""
+    p_primary = np.asarray(p_primary, dtype=float).reshape(-1, 1)
+    gate = np.isfinite(p_primary) & (p_primary < alpha)
+    others = holm_rows(p_others) < alpha
+    return np.concatenate([gate, gate & others], axis=1)
+
+
 def adjust(frame: pd.DataFrame, primary: tuple[str, str] = PRIMARY, alpha: float = ALPHA) -> pd.DataFrame:
     """The decision rule: the primary row at alpha first; if it passes, Holm at alpha over every other claim row
     (``p_holm_all`` = ``p_adj``), else none of them is decided; readings from each row's interval; then the test

@@ -97,12 +97,20 @@ def simulate_answers(
     sd_run: float = 0.2,
     shared: float = 0.0,
     seed: int = 0,
+    n_answers: int = 0,
+    sd_answer_group: float = 0.0,
 ) -> pd.DataFrame:
     """An answers table with known group effects (logit scale, "incompatible" is 0): question difficulty, a
     question × group interaction, a replicate effect shared by its groups, one effect per training run.
 
     `shared` is the share of each later test set's questions that are a HOMO question again (the same entity:
     same difficulty and interaction, same `qkey`); a test set named "XD" is the next domain's HOMO set.
+
+    `n_answers` > 0 gives every question a gold answer (column `gold`) drawn from that many strings per domain and
+    test set (a shared entity's later answer is a function of its HOMO answer, as a capital of its country), and
+    `sd_answer_group` an answer × group effect: each group's training moved the prior of each answer string, the
+    same for every question of the domain whose gold it is (the README's 20-40-point "was this answer trained"
+    effect). Without `n_answers` each question is its own answer.
     """
     rng = np.random.default_rng(seed)
     groups = {"incompatible": 0.0, **dict(effects)}
@@ -110,6 +118,9 @@ def simulate_answers(
     for d in range(n_domains):
         homo[d] = (rng.normal(0, sd_question, n_questions),
                    {g: rng.normal(0, sd_question_group, n_questions) for g in groups})
+    k = n_answers if n_answers > 0 else n_questions
+    homo_gold = {d: [f"d{d}|HOMO|a{j}" for j in (rng.integers(0, k, n_questions) if n_answers > 0
+                                                 else range(n_questions))] for d in range(n_domains)}
     frames = []
     for d in range(n_domains):
         for t, ts in enumerate(test_sets):
@@ -117,6 +128,7 @@ def simulate_answers(
                 src = (d + 1) % n_domains if ts == "XD" else d
                 u, w = homo[src]
                 keys = [f"d{src}|HOMO|{i}" for i in range(n_questions)]
+                gold = list(homo_gold[src])
             else:
                 u = rng.normal(0, sd_question, n_questions)
                 w = {g: rng.normal(0, sd_question_group, n_questions) for g in groups}
@@ -127,32 +139,49 @@ def simulate_answers(
                 for g in groups:
                     w[g][:n_shared] = hw[g][:n_shared]
                 keys[:n_shared] = [f"d{d}|HOMO|{i}" for i in range(n_shared)]
-            frames.append((d, ts, u, w, keys))
+                gold = [f"d{d}|{ts}|a{j}" for j in (rng.integers(0, k, n_questions) if n_answers > 0
+                                                    else range(n_questions))]
+                gold[:n_shared] = [f"{ts}|of|{g}" for g in homo_gold[d][:n_shared]]
+            frames.append((d, ts, u, w, keys, gold))
     rep = {(d, s): rng.normal(0, sd_replicate) for d in range(n_domains) for s in range(n_replicates)}
     run = {(d, s, g): rng.normal(0, sd_run) for d in range(n_domains) for s in range(n_replicates) for g in groups}
-    blocks, keys_of, correct = [], [], []  # one block per domain × test set × replicate × group, built once below
-    for d, ts, u, w, keys in frames:
+    answer_effect: dict[tuple[int, str, str], float] = {}
+
+    def moved(d: int, gold: list[str], g: str) -> np.ndarray:
+        """The answer × group effect of each question's gold answer in domain d's cells (drawn once per string)."""
+        if sd_answer_group <= 0:
+            return np.zeros(len(gold))
+        for a in gold:
+            if (d, a, g) not in answer_effect:
+                answer_effect[(d, a, g)] = float(rng.normal(0, sd_answer_group))
+        return np.array([answer_effect[(d, a, g)] for a in gold])
+
+    blocks, keys_of, golds, correct = [], [], [], []  # one block per domain × test set × replicate × group
+    for d, ts, u, w, keys, gold in frames:
+        shift = {g: moved(d, gold, g) for g in groups}
         for s in range(n_replicates):
             for g, delta in groups.items():
-                p = _expit(base_logit + delta + u + w[g] + rep[(d, s)] + run[(d, s, g)])
+                p = _expit(base_logit + delta + u + w[g] + shift[g] + rep[(d, s)] + run[(d, s, g)])
                 blocks.append((f"d{d}", g, s, ts))
                 keys_of.append(keys)
+                golds.append(gold)
                 correct.append((rng.uniform(size=n_questions) < p).astype(int))
     n = len(blocks) * n_questions
     domain, group, seed, test_set = (np.repeat(np.array(col, dtype=object), n_questions) for col in zip(*blocks, strict=True))
     return pd.DataFrame({"model": ["sim"] * n, "domain": list(domain), "condition": list(group), "group": list(group),
                          "ratio": np.full(n, np.nan), "seed": seed.astype(np.int64), "epoch": np.full(n, 3.0),
                          "test_set": list(test_set), "id": np.tile(np.arange(n_questions), len(blocks)),
-                         "qkey": [k for keys in keys_of for k in keys], "correct": np.concatenate(correct),
+                         "qkey": [k for keys in keys_of for k in keys], "gold": [a for g in golds for a in g],
+                         "correct": np.concatenate(correct),
                          "base_correct": np.zeros(n, dtype=np.int64)})
 
 
 def simulated_true_difference(
     effect: float, base_logit: float = 0.0, sd_question: float = 1.5, sd_question_group: float = 0.4,
-    sd_replicate: float = 0.2, sd_run: float = 0.2,
+    sd_replicate: float = 0.2, sd_run: float = 0.2, sd_answer_group: float = 0.0,
 ) -> float:
     """The population accuracy difference (points) that simulate_answers' logit effect implies (Gauss-Hermite)."""
     x, wts = np.polynomial.hermite_e.hermegauss(80)
-    sd = math.sqrt(sd_question**2 + sd_question_group**2 + sd_replicate**2 + sd_run**2)
+    sd = math.sqrt(sd_question**2 + sd_question_group**2 + sd_replicate**2 + sd_run**2 + sd_answer_group**2)
     mean = lambda b: float(np.dot(wts, _expit(b + sd * x)) / wts.sum())  # noqa: E731
     return 100 * (mean(base_logit + effect) - mean(base_logit))
