@@ -90,3 +90,30 @@ def test_power_designs_calls_the_predictor_per_design():
     assert seen == [(2, 4, 100), (3, 8, 200)]
     assert list(out.columns) == ["domains", "replicates", "questions", "mde"]
     assert out["mde"].iloc[0] == 100.0 / 800 ** 0.5
+
+
+def test_notebooks_are_stored_bare_with_literal_parameters_and_no_time_estimates():
+    """Stored without outputs, every cell with an id, a `parameters` cell of literals, and no hard-coded time
+    estimate in the narrative (times come from the manifest)."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import nbformat
+
+    books = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert len(books) == 5
+    for path in books:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        assert all("id" in c for c in raw["cells"]), path.name
+        nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), path.name
+        params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1, path.name
+        for node in ast.parse(params[0].source).body:
+            assert isinstance(node, ast.Assign), (path.name, ast.dump(node))
+            ast.literal_eval(node.value)  # literals only: papermill replaces them
+        prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+        assert not re.search(r"\b\d+(\s*[-–]\s*\d+)?\s*(minutes?|min|seconds?|hours?)\b", prose), path.name
+        assert "narration.stage_times(paths.root" in "\n".join(c.source for c in code), path.name
