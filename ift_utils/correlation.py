@@ -13,7 +13,10 @@ helpers every statistics module shares (this module imports no other statistics 
   restates the group difference, and the three cells of a replicate share facts and test questions, so without the
   replicate its points are not independent (measured: with domain instead of replicate indicators the null rejects
   7.7 % of 1,000 simulated studies; with replicate indicators 5.6 %). Pearson correlation of the rank residuals,
-  t test with n - 2 - k df for k covariate columns, a Fisher-z interval with standard error 1 / sqrt(n - 3 - k).
+  t test with n - 2 - k df for k covariate columns, a Fisher-z interval with Bonett and Wright's (2000,
+  Psychometrika 65: 23-28) standard error sqrt((1 + r²/2) / (n - 3 - k)) for Spearman-type correlations (the plain
+  1 / sqrt(n - 3 - k) is too narrow at the default study's 12 cells with 5 covariate columns: HOMO's [0.45, 0.99]
+  becomes about [0.30, 0.99]).
   With replicates averaged (``unit="mean"``) the covariates are domain and condition.
 """
 
@@ -151,8 +154,8 @@ def partial_rank_test(
     if dof < MIN_TEST_DF:  # with 1-2 residual df a rank correlation of ±1 is the rule, not evidence
         return out
     out.update(p=_t_p(r, dof))
-    if dof > 1 and abs(r) < 1:
-        half = stats.norm.ppf(0.5 + level / 2.0) / math.sqrt(dof - 1)  # n - 3 - k
+    if dof > 1 and abs(r) < 1:  # Fisher z with Bonett & Wright's (2000) variance (1 + r²/2) / (n - 3 - k)
+        half = stats.norm.ppf(0.5 + level / 2.0) * math.sqrt((1 + r * r / 2) / (dof - 1))
         out.update(lo=math.tanh(math.atanh(r) - half), hi=math.tanh(math.atanh(r) + half))
     return out
 
@@ -289,50 +292,118 @@ def simulate_cells(
 
 
 # ------------------------------------------------------------------------------------- dose-response of fit
-KNOWN_GROUPS = ("harmonious",)
+KNOWN_GROUPS = ("harmonious",)  # every fact known, its target the gold the base model already gives
 UNKNOWN_GROUPS = ("incompatible", "mixture", "self_aligning", "contextualized")
 
 
 def fitted_shares(eval_table: pd.DataFrame, train_fit: pd.DataFrame) -> pd.DataFrame:
-    """Each evaluated cell × checkpoint with the share of known facts it fits (harmonious: `fit`) and of unknown
-    facts (the confidently-wrong training questions answered with their gold: `gold`), 0 where it has none."""
+    """Each evaluated cell × checkpoint with two shares of its own training facts, defined for every group:
+    `known_fit`, fitted with a target the base model already gave, and `unknown_fit`, fitted with a target it did
+    not give (Gekhman et al. 2024). Harmonious: known_fit = fit, unknown_fit = 0 (its targets are the golds it
+    knows). Other groups train on confidently-wrong facts, with the gold (unknown to the model) or the model's own
+    answer (known to it) as target: unknown_fit = `gold` (answered with the gold), known_fit = fit − gold (the rest
+    of what it fits: own-answer targets); so incompatible has known_fit 0, self-aligning unknown_fit ≈ 0, and a
+    mixture both."""
     keys = ["model", "domain", "condition", "group", "seed", "epoch"]
     ev = eval_table[eval_table["group"].isin((*KNOWN_GROUPS, *UNKNOWN_GROUPS))]
     merged = ev.merge(train_fit[[*keys, "fit", "gold"]], on=keys, how="inner")
-    merged["known_fit"] = np.where(merged["group"].isin(KNOWN_GROUPS), merged["fit"], 0.0)
-    merged["unknown_fit"] = np.where(merged["group"].isin(UNKNOWN_GROUPS), merged["gold"], 0.0)
+    known = merged["group"].isin(KNOWN_GROUPS)
+    merged["known_fit"] = np.where(known, merged["fit"], (merged["fit"] - merged["gold"]).clip(lower=0.0))
+    merged["unknown_fit"] = np.where(known, 0.0, merged["gold"])
     merged["replicate"] = (merged["model"].astype(str) + "|" + merged["domain"].astype(str) + "|"
                            + merged["seed"].astype(str))
+    merged["cell"] = merged["replicate"] + "|" + merged["condition"].astype(str)
     return merged
 
 
+def _inv_sqrt_psd(m: np.ndarray) -> np.ndarray:
+    """Symmetric inverse square root of a PSD matrix (Moore-Penrose on its null space)."""
+    w, v = np.linalg.eigh((m + m.T) / 2)
+    inv = np.where(w > 1e-10, 1.0 / np.sqrt(np.clip(w, 1e-300, None)), 0.0)
+    return (v * inv) @ v.T
+
+
+def cr2(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, terms: Sequence[int]) -> dict[int, dict[str, float]]:
+    """OLS of y on x with the CR2 cluster-robust variance (Bell & McCaffrey 2002) and, per coefficient in `terms`,
+    the Bell-McCaffrey degrees of freedom (Imbens & Kolesár 2016: (Σλ)² / Σλ² of G'G): inference that holds with a
+    handful of clusters. Returns {term: coef, se, df}."""
+    xtx_inv = np.linalg.pinv(x.T @ x)
+    beta = xtx_inv @ x.T @ y
+    resid = y - x @ beta
+    n = len(y)
+    hat = x @ xtx_inv @ x.T
+    groups = [np.flatnonzero(cluster == g) for g in pd.unique(cluster)]
+    adj = [_inv_sqrt_psd(np.eye(len(i)) - hat[np.ix_(i, i)]) for i in groups]
+    meat = np.zeros((x.shape[1], x.shape[1]))
+    for i, a in zip(groups, adj, strict=True):
+        u = x[i].T @ a @ resid[i]
+        meat += np.outer(u, u)
+    vcov = xtx_inv @ meat @ xtx_inv
+    out = {}
+    m = np.eye(n) - hat
+    for t in terms:
+        c = np.zeros(x.shape[1])
+        c[t] = 1.0
+        g = np.column_stack([m[:, i] @ a @ x[i] @ xtx_inv @ c for i, a in zip(groups, adj, strict=True)])
+        lam = np.linalg.eigvalsh(g.T @ g)
+        dof = float(lam.sum() ** 2 / (lam**2).sum()) if (lam**2).sum() > 0 else float("nan")
+        out[t] = {"coef": float(beta[t]), "se": float(math.sqrt(max(vcov[t, t], 0.0))), "df": dof}
+    return out
+
+
+DOSE_TERMS = ("known_fit", "unknown_fit")
+
+
 def dose_response(eval_table: pd.DataFrame, train_fit: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Per test set, OLS of test accuracy (points) on the fitted shares of known and unknown facts (Gekhman et
-    al. 2024) over cells and checkpoints, domain as a covariate, SEs clustered by replicate (t, G - 1 df)."""
-    cols = ["test_set", "term", "coef", "lo", "hi", "p", "cells", "checkpoints", "clusters", "reading"]
+    """Per test set, test accuracy (points) on the fitted shares of known and unknown facts with cell fixed effects
+    (a slope comes only from change between checkpoints within a cell; group, domain and replicate are absorbed),
+    CR2 standard errors clustered by replicate with Bell-McCaffrey df; a slope with no within-cell variation (e.g.
+    one checkpoint per cell, or only harmonious cells moving known_fit) is "not identified", not a number."""
+    cols = ["test_set", "term", "coef", "se", "df", "lo", "hi", "p", "cells", "checkpoints", "clusters",
+            "cells_varying", "method", "reading"]
     data = fitted_shares(eval_table, train_fit)
     rows: list[dict[str, Any]] = []
     nan = float("nan")
+    method = "acc ~ known_fit + unknown_fit + cell fixed effects; CR2 by replicate, Bell-McCaffrey df"
     for ts in ordered_unique(data["test_set"]) if len(data) else []:
         sub = data[data["test_set"] == ts].assign(acc=lambda f: 100 * f["ft_acc"].astype(float)).dropna(
-            subset=["acc", "known_fit", "unknown_fit"])
-        per_cell = sub.groupby(["model", "domain", "condition", "seed"])["epoch"].nunique()
-        n_ckpt = int(sub["epoch"].nunique())
-        base = {"test_set": ts, "cells": int(len(per_cell)), "checkpoints": n_ckpt,
-                "clusters": int(sub["replicate"].nunique())}
-        if per_cell.empty or per_cell.max() < 2:
-            for term in ("known_fit", "unknown_fit"):
-                rows.append({**base, "term": term, "coef": nan, "lo": nan, "hi": nan, "p": nan,
-                             "reading": "not estimable: one checkpoint per cell, so the fitted share is fixed by "
-                                        "the group and its effect cannot be told from the group's"})
-            continue
-        formula = "acc ~ known_fit + unknown_fit" + (" + C(domain)" if sub["domain"].nunique() > 1 else "")
-        fit = smf.ols(formula, data=sub).fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(sub["replicate"])[0]},
-                                             use_t=True)
-        ci = fit.conf_int(alpha=1 - level)
-        for term in ("known_fit", "unknown_fit"):
-            coef, lo, hi, p = (float(fit.params[term]), float(ci.loc[term, 0]), float(ci.loc[term, 1]),
-                               float(fit.pvalues[term]))
-            rows.append({**base, "term": term, "coef": coef, "lo": lo, "hi": hi, "p": p,
-                         "reading": f"{coef:+.1f} points per 100 % fitted [{lo:.1f}, {hi:.1f}], p = {p:.2g}"})
+            subset=["acc", *DOSE_TERMS]).reset_index(drop=True)
+        per_cell = sub.groupby("cell")["epoch"].nunique()
+        base = {"test_set": ts, "cells": int(len(per_cell)), "checkpoints": int(sub["epoch"].nunique()),
+                "clusters": int(sub["replicate"].nunique()), "method": method}
+        within = sub[list(DOSE_TERMS)] - sub.groupby("cell")[list(DOSE_TERMS)].transform("mean")
+        varying = {t: int((within[t].abs() > 1e-9).groupby(sub["cell"]).any().sum()) for t in DOSE_TERMS}
+        ok = [t for t in DOSE_TERMS if varying[t] > 0]
+        fit = {}
+        if ok:
+            dummies = pd.get_dummies(sub["cell"], dtype=float).to_numpy()
+            x = np.column_stack([sub[ok].to_numpy(float), dummies])
+            if np.linalg.matrix_rank(x) == x.shape[1]:
+                fit = cr2(x, sub["acc"].to_numpy(float), sub["replicate"].to_numpy(), range(len(ok)))
+            else:
+                ok = []
+        for term in DOSE_TERMS:
+            row = {**base, "term": term, "cells_varying": varying[term]}
+            if term not in ok:
+                why = ("one checkpoint per cell, so the fitted share is fixed within each cell and its effect "
+                       "cannot be told from the cell's (group's)" if per_cell.empty or per_cell.max() < 2 else
+                       f"{term} does not change between checkpoints within any cell (or moves with the other share)")
+                rows.append({**row, "coef": nan, "se": nan, "df": nan, "lo": nan, "hi": nan, "p": nan,
+                             "reading": f"not identified: {why}"})
+                continue
+            r = fit[ok.index(term)]
+            dof = r["df"]
+            if not (np.isfinite(dof) and dof > 0 and r["se"] > 0):
+                rows.append({**row, "coef": r["coef"], "se": r["se"], "df": dof, "lo": nan, "hi": nan, "p": nan,
+                             "reading": f"{r['coef']:+.1f} points per 100 % fitted; no interval (no variance "
+                                        f"across {base['clusters']} clusters)"})
+                continue
+            half = float(stats.t.ppf(0.5 + level / 2, dof)) * r["se"]
+            p = float(2 * stats.t.sf(abs(r["coef"]) / r["se"], dof))
+            rows.append({**row, "coef": r["coef"], "se": r["se"], "df": dof, "lo": r["coef"] - half,
+                         "hi": r["coef"] + half, "p": p,
+                         "reading": f"{r['coef']:+.1f} points per 100 % fitted [{r['coef'] - half:.1f}, "
+                                    f"{r['coef'] + half:.1f}], p = {p:.2g}; within {varying[term]} of "
+                                    f"{base['cells']} cells, {base['clusters']} replicate clusters, "
+                                    f"{dof:.1f} Bell-McCaffrey df"})
     return pd.DataFrame(rows, columns=cols)
