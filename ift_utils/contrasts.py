@@ -570,7 +570,7 @@ def answer_verdict(
         res = glmm_contrast(fit, c.group, c.versus, level) if fit is not None else direct
         boot = bootstrap_contrast(blocks, n_boot=n_boot, seed=seed) if fit is None else {}
         t_ci = replicate_t_interval(blocks, level)
-        how = "direct (ANOVA) SE, bootstrap check" if fit is None else "glmm"
+        how = "direct (ANOVA) SE, bootstrap check" if fit is None else "glmm (no group × question effect)"
         how += "; shared questions resampled together" if shared else "; no qkey: questions taken as unshared"
         if GOLD in answers.columns and answers[GOLD].notna().any():
             how += ", questions sharing a gold answer too"

@@ -246,6 +246,10 @@ def study_verdict(
     if not frames:
         return pd.DataFrame(columns=VERDICT_COLUMNS)
     out = adjust(pd.concat(frames, ignore_index=True), primary).assign(checkpoint=checkpoint, role=role)
+    if decide_by is not None:  # name the scoring as the params do (claim 4 always reads raw accuracy)
+        corr = out["claim"].isin([CLAIM_CONSISTENCY, CLAIM_REPRODUCTION])
+        out.loc[~corr, "score"] = SCORE_NAMES[rule.get("score", "raw")]
+        out.loc[corr, "score"] = SCORE_NAMES["raw"]
     return out.reindex(columns=VERDICT_COLUMNS).astype({"supported": object})
 
 
@@ -267,7 +271,7 @@ def sensitivity_verdicts(eval_table: pd.DataFrame, answers: pd.DataFrame | None,
             v = study_verdict(eval_table, answers, None, method=method, n_boot=n_boot, seed=seed,
                               decide_by={"score": name, "checkpoint": checkpoint},
                               role=DECIDES if decides else SENSITIVITY)
-            frames.append(v.assign(score=SCORE_NAMES[name]))
+            frames.append(v.assign(reading_of=f"{SCORE_NAMES[name]}, {checkpoint}"))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=VERDICT_COLUMNS)
 
 
@@ -280,8 +284,8 @@ def sensitivity_wide(long: pd.DataFrame) -> pd.DataFrame:
     keys = ["claim", "test_set"]
     wide = None
     order = claims.assign(first=claims["role"].ne(DECIDES)).sort_values("first", kind="stable")
-    for (checkpoint, score, role), v in order.groupby(["checkpoint", "score", "role"], sort=False):
-        tag = f"{score}, {checkpoint}" + (", decides" if role == DECIDES else "")
+    for (reading_of, role), v in order.groupby(["reading_of", "role"], sort=False):
+        tag = reading_of + (", decides" if role == DECIDES else "")
         part = v[[*keys, "ours", "lo", "hi", "decision"]].rename(
             columns={c: f"{c} ({tag})" for c in ("ours", "lo", "hi", "decision")})
         wide = part if wide is None else wide.merge(part, on=keys, how="outer")

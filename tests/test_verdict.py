@@ -410,7 +410,7 @@ def test_decide_by_picks_score_and_checkpoint_and_the_rest_is_sensitivity():
     assert np.allclose(h(es), -h(conv)) and (es["role"] == DECIDES).all()
     assert set(es.loc[es["kind"] != "reproduction", "checkpoint"]) == {"early_stop"}
     long = sensitivity_verdicts(table, both, {"score": "raw", "checkpoint": "convergence"}, n_boot=100)
-    blocks = long.groupby(["checkpoint", "score"])["role"].first()
+    blocks = long.groupby("reading_of")["role"].first()
     assert len(blocks) == 4 and (blocks == DECIDES).sum() == 1 and (blocks == SENSITIVITY).sum() == 3
     wide = sensitivity_wide(long)
     assert wide.columns[2] == "ours (raw, convergence, decides)"

@@ -1,18 +1,56 @@
-"""Stage 05, analysis: the helpers notebook 05 calls beyond the statistics modules (the headline sentence)."""
+"""Stage 05, analysis: the helpers notebook 05 calls beyond the statistics modules: the verdict that decides (the
+params' ``decide_by``) with its sensitivity readings, the reading against the paper, and the headline sentence."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
+from ..decision import DECIDES, sensitivity_verdicts, sensitivity_wide, study_verdict
 from ..verdict import PRIMARY
+
+VERDICT_SHOWN = ["claim", "kind", "test_set", "ours", "lo", "hi", "p", "p_adj", "gate", "mde", "n_clusters",
+                 "lo_entity", "hi_entity", "paper", "vs_paper", "decision", "reading"]
+PAPER_SHOWN = ["claim", "test_set", "ours", "lo", "hi", "p_adj", "paper", "paper_model", "p_vs_paper",
+               "p_vs_paper_holm", "vs_paper", "reading_vs_paper"]
+
+
+def decide_by_of(P: Any) -> dict[str, str]:
+    """The params' decision rule as a plain dict (default: raw scoring at convergence)."""
+    rule = getattr(P, "decide_by", None)
+    if rule is None:
+        return {"score": "raw", "checkpoint": "convergence"}
+    return dict(rule) if isinstance(rule, dict) else rule.model_dump()
+
+
+def verdicts(P: Any, paths: Any, table: pd.DataFrame, answers: pd.DataFrame | None,
+             partial: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The deciding verdict (``decide_by``) and every other reading as sensitivity analyses that decide nothing;
+    writes tables verdict, verdict_vs_paper, verdict_sensitivity (long) and verdict_sensitivity_wide."""
+    from ..paths import write_table
+
+    rule = decide_by_of(P)
+    result = study_verdict(table, answers, partial, method=P.verdict_method, n_boot=P.n_boot, decide_by=rule)
+    write_table(result, paths, "verdict")
+    claims = result[result["kind"] == "claim"]
+    write_table(claims.reindex(columns=PAPER_SHOWN), paths, "verdict_vs_paper")
+    long = sensitivity_verdicts(table, answers, rule, method=P.verdict_method, n_boot=P.n_boot)
+    write_table(long, paths, "verdict_sensitivity")
+    wide = sensitivity_wide(long)
+    write_table(wide, paths, "verdict_sensitivity_wide")
+    return result, wide
 
 
 def headline(verdict: pd.DataFrame, table: pd.DataFrame) -> str:
     """One plain sentence saying which of the paper's claims this run supports, computed from the verdict's
-    tested claim rows (controls and the reproduction row are descriptive and not counted)."""
+    tested claim rows (controls and the reproduction row are descriptive and not counted), with the rule that
+    decided and the reading against the paper's effect."""
     n_seeds = table.loc[table["seed"] >= 0, "seed"].nunique() if "seed" in table else 0
     n_dom = table["domain"].nunique()
     claims = verdict[verdict["kind"] == "claim"]
+    if "role" in claims.columns:
+        claims = claims[claims["role"].fillna(DECIDES) == DECIDES]
     parts = []
     for claim, rows in claims.groupby("claim", sort=False):
         dec = rows["decision"].value_counts()
@@ -20,15 +58,24 @@ def headline(verdict: pd.DataFrame, table: pd.DataFrame) -> str:
         for other in ("contradicted", "not estimable"):
             if dec.get(other, 0):
                 bits.append(f"{other} in {int(dec[other])}")
+        if "vs_paper" in rows.columns:
+            smaller = rows["vs_paper"].fillna("").str.contains("smaller than the paper's").sum()
+            if smaller:
+                bits.append(f"smaller than the paper's in {int(smaller)}")
         parts.append(f"{claim}: " + ", ".join(bits))
     primary = claims[(claims["claim"] == PRIMARY[0]) & (claims["test_set"] == PRIMARY[1])]
     lead = ""
     if len(primary):
         row = primary.iloc[0]
         lead = f"Primary contrast ({PRIMARY[0]} on {PRIMARY[1]}): {row['decision']}. "
-    return (f"With {_models(table)}, {n_dom} domain(s) and {n_seeds} replicate(s) per domain: {lead}"
-            + "; ".join(parts) + ". The primary contrast is tested at alpha 0.05 unadjusted; every other claim row "
-            "counts only where its Holm-adjusted p (over all claim rows) is below 0.05.")
+    how = ""
+    if "checkpoint" in claims.columns and "score" in claims.columns and len(claims):
+        how = f" Decided by {claims['score'].iloc[0]} scores at {claims['checkpoint'].iloc[0]};"
+    return (f"With {_models(table)}, {n_dom} domain(s) (fixed: the inference covers these domains) and "
+            f"{n_seeds} replicate(s) per domain: {lead}" + "; ".join(parts) + "."
+            + how + " The primary contrast is tested first at alpha 0.05; only if it passes is any other claim row "
+            "decided, where its Holm-adjusted p (over all other claim rows) is below 0.05; every other scoring and "
+            "checkpoint is a sensitivity analysis that decides nothing.")
 
 
 def _models(table: pd.DataFrame) -> str:
