@@ -44,3 +44,14 @@ def test_power_table_rows_and_simulated_sharing():
     assert len(homo & id_) == 20  # half of ID asks about HOMO's entities
     d1_homo = set(a.loc[(a["domain"] == "d1") & (a["test_set"] == "HOMO"), "qkey"])
     assert xd == d1_homo  # d0's cross-domain set is d1's HOMO set
+
+
+def test_simulated_gold_answers_nest_the_entity():
+    """n_answers gives each question a gold answer from that many strings; a shared entity's ID answer is a
+    function of its HOMO answer (a capital of its country), so joining entity and answer never splits an entity."""
+    a = simulate_answers({"harmonious": 0.2}, n_domains=2, n_replicates=1, n_questions=50,
+                         test_sets=("HOMO", "ID"), shared=1.0, n_answers=10, sd_answer_group=0.5, seed=0)
+    d0 = a[(a["domain"] == "d0") & (a["group"] == "incompatible")]
+    homo = d0[d0["test_set"] == "HOMO"].set_index("qkey")["gold"]
+    id_ = d0[d0["test_set"] == "ID"].set_index("qkey")["gold"]
+    assert homo.nunique() <= 10 and (id_ == "ID|of|" + homo.reindex(id_.index)).all()
