@@ -29,6 +29,8 @@ def test_verdicts_write_the_deciding_one_and_the_sensitivity_tables(tmp_path):
     result, wide = analysis.verdicts(P, paths, table, a)
     assert (result["role"] == "decides").all() and (result["checkpoint"] == "convergence").all()
     assert set(result.loc[result["kind"] != "reproduction", "score"]) >= {"calibrated (content-free PMI)"}
+    change = pd.read_csv(tmp_path / "verdict_interval_change.csv")
+    assert len(change) and np.isfinite(change["width_ratio"]).all() and (change["n_clusters"] <= 40).all()
     for name in ("verdict", "verdict_vs_paper", "verdict_sensitivity", "verdict_sensitivity_wide"):
         assert (tmp_path / f"{name}.csv").exists()
     long = pd.read_csv(tmp_path / "verdict_sensitivity.csv")

@@ -27,12 +27,14 @@ def decide_by_of(P: Any) -> dict[str, str]:
 def verdicts(P: Any, paths: Any, table: pd.DataFrame, answers: pd.DataFrame | None,
              partial: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The deciding verdict (``decide_by``) and every other reading as sensitivity analyses that decide nothing;
-    writes tables verdict, verdict_vs_paper, verdict_sensitivity (long) and verdict_sensitivity_wide."""
+    writes tables verdict, verdict_interval_change, verdict_vs_paper, verdict_sensitivity (long) and
+    verdict_sensitivity_wide."""
     from ..paths import write_table
 
     rule = decide_by_of(P)
     result = study_verdict(table, answers, partial, method=P.verdict_method, n_boot=P.n_boot, decide_by=rule)
     write_table(result, paths, "verdict")
+    write_table(interval_change(result), paths, "verdict_interval_change")
     claims = result[result["kind"] == "claim"]
     write_table(claims.reindex(columns=PAPER_SHOWN), paths, "verdict_vs_paper")
     long = sensitivity_verdicts(table, answers, rule, method=P.verdict_method, n_boot=P.n_boot)
@@ -40,6 +42,17 @@ def verdicts(P: Any, paths: Any, table: pd.DataFrame, answers: pd.DataFrame | No
     wide = sensitivity_wide(long)
     write_table(wide, paths, "verdict_sensitivity_wide")
     return result, wide
+
+
+def interval_change(verdict: pd.DataFrame) -> pd.DataFrame:
+    """Each difference row's interval with question clusters on the entity only (before) and on entity and gold
+    answer (now), and how much wider it got: what clustering on the gold answer changed."""
+    cols = ["claim", "kind", "test_set", "ours", "lo_entity", "hi_entity", "se_entity", "lo", "hi", "se",
+            "n_questions", "n_clusters"]
+    if verdict.empty or "se_entity" not in verdict.columns:
+        return pd.DataFrame(columns=[*cols, "width_ratio"])
+    rows = verdict[verdict["se_entity"].notna()].reindex(columns=cols)
+    return rows.assign(width_ratio=(rows["hi"] - rows["lo"]) / (rows["hi_entity"] - rows["lo_entity"]))
 
 
 def headline(verdict: pd.DataFrame, table: pd.DataFrame) -> str:
