@@ -266,7 +266,7 @@ def _coverage(n_studies: int, design: dict, use_qkey: bool = True, row: str = "a
     for i in range(n_studies):
         a = simulate_answers({"harmonious": 0.2}, seed=i, **design)
         if not use_qkey:
-            a = a.drop(columns="qkey")
+            a = a.drop(columns=["qkey", "gold"])  # no clusters at all: every question its own
         data, _ = clean_answers(a)
         res = contrast_estimate(contrast_blocks(data, "harmonious", "incompatible"))[row]
         hits.append(res["lo"] <= truth <= res["hi"])
