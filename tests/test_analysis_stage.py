@@ -31,7 +31,8 @@ def test_verdicts_write_the_deciding_one_and_the_sensitivity_tables(tmp_path):
     assert set(result.loc[result["kind"] != "reproduction", "score"]) >= {"calibrated (content-free PMI)"}
     change = pd.read_csv(tmp_path / "verdict_interval_change.csv")
     assert len(change) and np.isfinite(change["width_ratio"]).all() and (change["n_clusters"] <= 40).all()
-    for name in ("verdict", "verdict_vs_paper", "verdict_sensitivity", "verdict_sensitivity_wide"):
+    for name in ("verdict", "verdict_vs_paper", "verdict_sensitivity", "verdict_sensitivity_wide",
+                 "verdict_calibrated", "verdict_checkpoints"):
         assert (tmp_path / f"{name}.csv").exists()
     long = pd.read_csv(tmp_path / "verdict_sensitivity.csv")
     assert long["reading_of"].nunique() == 6  # 3 scorings × 2 checkpoints, one of them decides

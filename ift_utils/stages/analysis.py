@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..decision import DECIDES, sensitivity_verdicts, sensitivity_wide, study_verdict
+from ..decision import DECIDES, SCORE_NAMES, sensitivity_verdicts, sensitivity_wide, study_verdict
 from ..verdict import PRIMARY
 
 VERDICT_SHOWN = ["claim", "kind", "test_set", "ours", "lo", "hi", "p", "p_adj", "gate", "mde", "n_clusters",
@@ -28,7 +28,7 @@ def verdicts(P: Any, paths: Any, table: pd.DataFrame, answers: pd.DataFrame | No
              partial: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The deciding verdict (``decide_by``) and every other reading as sensitivity analyses that decide nothing;
     writes tables verdict, verdict_interval_change, verdict_vs_paper, verdict_sensitivity (long) and
-    verdict_sensitivity_wide."""
+    verdict_sensitivity_wide (also under the earlier names verdict_calibrated and verdict_checkpoints)."""
     from ..paths import write_table
 
     rule = decide_by_of(P)
@@ -41,6 +41,12 @@ def verdicts(P: Any, paths: Any, table: pd.DataFrame, answers: pd.DataFrame | No
     write_table(long, paths, "verdict_sensitivity")
     wide = sensitivity_wide(long)
     write_table(wide, paths, "verdict_sensitivity_wide")
+    # the names earlier runs wrote: the calibrated reading at the deciding checkpoint, and the readings side by side
+    if len(long):
+        cal = long[long["reading_of"] == f"{SCORE_NAMES['calibrated']}, {rule['checkpoint']}"]
+        if len(cal):
+            write_table(cal, paths, "verdict_calibrated")
+        write_table(wide, paths, "verdict_checkpoints")
     return result, wide
 
 
