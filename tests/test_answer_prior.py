@@ -33,3 +33,12 @@ def test_with_loo_marks_leave_one_out_answers():
     qs = [MCQ(id=i, question="?", choices=("x", "y"), answer=0) for i in range(2)]
     scored = pd.DataFrame({"id": [0, 1], "probs": [[0.4, 0.6], [0.9, 0.1]]})
     assert with_loo(scored, qs)["correct_loo"].tolist() == [False, True]
+
+
+def test_split_reads_the_final_weights_only():
+    """An early-stop copy with every answer wrong does not enter: the trained-answer accuracy stays 1.0."""
+    h = pd.DataFrame({"group": "harmonious", "domain": "d", "test_set": "HOMO", "id": [0, 1],
+                      "answer_trained": [True, False], "correct": [1, 0], "final": True})
+    early = h.assign(correct=0, final=False)
+    got = accuracy_by_answer(pd.concat([h, early], ignore_index=True)).set_index("answer_trained")
+    assert got.loc[True, "accuracy"] == 1.0 and got.loc[True, "n"] == 1

@@ -371,7 +371,9 @@ def accuracy_by_answer(answers: pd.DataFrame) -> pd.DataFrame:
     test question's gold answer is among the answers the cell trained on, beside `no_ift` on the same questions of
     the same split (the untrained reference), and the difference in differences: (group − no_ift on trained
     answers) − (group − no_ift on the others). A group that mainly moved the answer prior gains on trained answers
-    beyond what the untrained model already had there."""
+    beyond what the untrained model already had there. Read at each cell's final weights when the answers mark them."""
+    if "final" in answers:  # each cell's final weights (convergence), as the verdict reads by default
+        answers = answers[answers["final"].astype(bool)]
     a = answers[answers["answer_trained"].notna()] if "answer_trained" in answers else answers.iloc[:0]
     if a.empty:
         return pd.DataFrame()
