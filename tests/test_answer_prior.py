@@ -42,3 +42,22 @@ def test_split_reads_the_final_weights_only():
     early = h.assign(correct=0, final=False)
     got = accuracy_by_answer(pd.concat([h, early], ignore_index=True)).set_index("answer_trained")
     assert got.loc[True, "accuracy"] == 1.0 and got.loc[True, "n"] == 1
+
+
+def test_scored_frame_to_answer_rows_carries_both_calibrations(tiny, questions):
+    """Stage 04's path after scoring: score_mcqs(calibrate) → with_loo → answer_rows gives 0/1 correct, correct_cal
+    and correct_loo for every question (the columns the verdict's sensitivity readings use)."""
+    from ift_utils.probing import PromptSpec, score_mcqs
+    from ift_utils.stages.evaluation import answer_rows
+    from ift_utils.stages.grid import Cell
+
+    model, tok = tiny
+    scored = score_mcqs(model, tok, questions, PromptSpec(mode="cloze", template="model"), show_progress=False,
+                        calibrate=True)
+    ft = with_loo(scored, list(questions))
+    base = scored[["domain", "id", "probs", "correct"]]
+    rows = answer_rows(Cell("geo", "harmonious", "harmonious", float("nan"), 0), "HOMO", base,
+                       ft[["domain", "id", "probs", "correct", "correct_cal", "correct_loo"]], "tiny", 1.0)
+    assert len(rows) == len(questions)
+    for col in ("correct", "correct_cal", "correct_loo"):
+        assert set(rows[col]) <= {0, 1}
