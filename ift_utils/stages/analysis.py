@@ -89,7 +89,7 @@ def headline(verdict: pd.DataFrame, table: pd.DataFrame) -> str:
         lead = f"Primary contrast ({PRIMARY[0]} on {PRIMARY[1]}): {row['decision']}. "
     how = ""
     if "checkpoint" in claims.columns and "score" in claims.columns and len(claims):
-        how = f" Decided by {claims['score'].iloc[0]} scores at {claims['checkpoint'].iloc[0]};"
+        how = f" Decided by {claims['score'].iloc[0]} scores at {claims['checkpoint'].iloc[0]}."
     return (f"With {_models(table)}, {n_dom} domain(s) (fixed: the inference covers these domains) and "
             f"{n_seeds} replicate(s) per domain: {lead}" + "; ".join(parts) + "."
             + how + " The primary contrast is tested first at alpha 0.05; only if it passes is any other claim row "
