@@ -48,17 +48,19 @@ def variance_components(blocks: Sequence[Block]) -> dict[str, float]:
 
 def predict_mde(
     components: Mapping[str, float], n_domains: int, n_replicates: int, n_questions: int,
-    alpha: float = 0.05, power: float = 0.80,
+    alpha: float = 0.05, power: float = 0.80, n_clusters: int | None = None,
 ) -> float:
     """Minimum detectable difference (points) of one contrast on one test set for a planned design of K domains ×
-    R replicates × Q questions: (t_{1-alpha/2} + t_power) × SE with Satterthwaite's df, as the verdict uses."""
+    R replicates × Q questions: (t_{1-alpha/2} + t_power) × SE with Satterthwaite's df, as the verdict uses; with
+    `n_clusters` (question clusters per domain: questions joined by entity or gold answer) the question part has
+    K × (clusters − 1) df, as the verdict counts it."""
     for name, v in (("n_domains", n_domains), ("n_replicates", n_replicates), ("n_questions", n_questions)):
         if v < 1:
             raise ValueError(f"{name} must be at least 1, got {v}")
     k, r, q = n_domains, n_replicates, n_questions
     v_rep = components["var_replicate"] / r / k
     v_q = (components["var_question"] / q + components["var_residual"] / (q * r)) / k
-    parts = [(v_rep, k * (r - 1)), (v_q, k * (q - 1))]
+    parts = [(v_rep, k * (r - 1)), (v_q, k * (min(q, n_clusters or q) - 1))]
     var = v_rep + v_q
     denom = sum(v * v / d for v, d in parts if d > 0 and v > 0)
     dof = max(var * var / denom, 1.0) if denom > 0 else 1.0

@@ -18,6 +18,10 @@ def test_predict_mde_by_hand_with_t_quantiles():
     dof = (v1 + v2) ** 2 / (v1**2 / 4 + v2**2 / 198)
     expected = 100 * (stats.t.ppf(0.975, dof) + stats.t.ppf(0.8, dof)) * math.sqrt(v1 + v2)
     assert predict_mde(comp, n_domains=2, n_replicates=3, n_questions=100) == pytest.approx(expected)
+    # 30 question clusters a domain: the question part has 2 × 29 = 58 df, the same variance
+    dof30 = (v1 + v2) ** 2 / (v1**2 / 4 + v2**2 / 58)
+    want30 = 100 * (stats.t.ppf(0.975, dof30) + stats.t.ppf(0.8, dof30)) * math.sqrt(v1 + v2)
+    assert predict_mde(comp, 2, 3, 100, n_clusters=30) == pytest.approx(want30)
     assert predict_mde(comp, 3, 6, 200) < predict_mde(comp, 3, 3, 200) < predict_mde(comp, 3, 3, 100)
     with pytest.raises(ValueError, match="n_replicates must be at least 1"):
         predict_mde(comp, 2, 0, 100)
