@@ -399,13 +399,15 @@ def test_decide_by_picks_score_and_checkpoint_and_the_rest_is_sensitivity():
     sensitivity table holds every score × checkpoint, exactly one of them with role "decides"."""
     from ift_utils.verdict import DECIDES, SENSITIVITY, sensitivity_verdicts, sensitivity_wide
 
-    a = _full_answers()
+    a = simulate_answers({"harmonious": 1.5, "self_aligning": 0.0}, n_domains=2, n_replicates=2, n_questions=30,
+                         test_sets=("HOMO", "ID"), seed=3)
     a["correct_cal"] = a["correct"]
     early = a.assign(correct_cal=1 - a["correct"], correct=1 - a["correct"], early_stop=True, final=False)
     both = pd.concat([a.assign(early_stop=False, final=True), early], ignore_index=True)
     table = _eval_from_answers(a).assign(early_stop=True, final=True)
     conv = study_verdict(table, both, n_boot=100, decide_by={"score": "raw", "checkpoint": "convergence"})
     es = study_verdict(table, both, n_boot=100, decide_by={"score": "calibrated", "checkpoint": "early_stop"})
+    assert len(conv.query("claim == @CLAIM_HARMONIOUS")) == 2
     h = lambda v: v.query("claim == @CLAIM_HARMONIOUS").set_index("test_set")["ours"]  # noqa: E731
     assert np.allclose(h(es), -h(conv)) and (es["role"] == DECIDES).all()
     assert set(es.loc[es["kind"] != "reproduction", "checkpoint"]) == {"early_stop"}
