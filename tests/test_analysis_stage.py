@@ -26,7 +26,9 @@ def test_verdicts_write_the_deciding_one_and_the_sensitivity_tables(tmp_path):
     P = SimpleNamespace(decide_by={"score": "calibrated", "checkpoint": "convergence"}, verdict_method="bootstrap",
                         n_boot=100)
     paths = SimpleNamespace(tables=tmp_path)
-    result, wide = analysis.verdicts(P, paths, table, a)
+    out = analysis.verdicts(P, paths, table, a)
+    result, wide = out.result, out.wide
+    assert out.calibrated is not None and (out.calibrated["score"] == "calibrated (content-free PMI)").any()
     assert (result["role"] == "decides").all() and (result["checkpoint"] == "convergence").all()
     assert set(result.loc[result["kind"] != "reproduction", "score"]) >= {"calibrated (content-free PMI)"}
     change = pd.read_csv(tmp_path / "verdict_interval_change.csv")

@@ -3,7 +3,7 @@ params' ``decide_by``) with its sensitivity readings, the reading against the pa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -24,8 +24,19 @@ def decide_by_of(P: Any) -> dict[str, str]:
     return dict(rule) if isinstance(rule, dict) else rule.model_dump()
 
 
+class Verdicts(NamedTuple):
+    """What stage 05's verdict step gives: the deciding verdict and every table beside it."""
+
+    result: pd.DataFrame  # the verdict that decides (decide_by), every row
+    vs_paper: pd.DataFrame  # its claim rows against the paper's effect
+    interval_change: pd.DataFrame  # each row's interval with entity-only clusters beside entity + gold answer
+    sensitivity: pd.DataFrame  # every scoring × checkpoint, long, with role "decides" or "sensitivity (...)"
+    wide: pd.DataFrame  # the same claim rows side by side
+    calibrated: pd.DataFrame | None  # the calibrated reading at the deciding checkpoint (the report's *_cal)
+
+
 def verdicts(P: Any, paths: Any, table: pd.DataFrame, answers: pd.DataFrame | None,
-             partial: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+             partial: pd.DataFrame | None = None) -> Verdicts:
     """The deciding verdict (``decide_by``) and every other reading as sensitivity analyses that decide nothing;
     writes tables verdict, verdict_interval_change, verdict_vs_paper, verdict_sensitivity (long) and
     verdict_sensitivity_wide (also under the earlier names verdict_calibrated and verdict_checkpoints)."""
@@ -34,20 +45,23 @@ def verdicts(P: Any, paths: Any, table: pd.DataFrame, answers: pd.DataFrame | No
     rule = decide_by_of(P)
     result = study_verdict(table, answers, partial, method=P.verdict_method, n_boot=P.n_boot, decide_by=rule)
     write_table(result, paths, "verdict")
-    write_table(interval_change(result), paths, "verdict_interval_change")
-    claims = result[result["kind"] == "claim"]
-    write_table(claims.reindex(columns=PAPER_SHOWN), paths, "verdict_vs_paper")
+    change = interval_change(result)
+    write_table(change, paths, "verdict_interval_change")
+    vs_paper = result[result["kind"] == "claim"].reindex(columns=PAPER_SHOWN)
+    write_table(vs_paper, paths, "verdict_vs_paper")
     long = sensitivity_verdicts(table, answers, rule, method=P.verdict_method, n_boot=P.n_boot)
     write_table(long, paths, "verdict_sensitivity")
     wide = sensitivity_wide(long)
     write_table(wide, paths, "verdict_sensitivity_wide")
     # the names earlier runs wrote: the calibrated reading at the deciding checkpoint, and the readings side by side
+    calibrated = None
     if len(long):
         cal = long[long["reading_of"] == f"{SCORE_NAMES['calibrated']}, {rule['checkpoint']}"]
         if len(cal):
-            write_table(cal, paths, "verdict_calibrated")
+            calibrated = cal.reset_index(drop=True)
+            write_table(calibrated, paths, "verdict_calibrated")
         write_table(wide, paths, "verdict_checkpoints")
-    return result, wide
+    return Verdicts(result, vs_paper, change, long, wide, calibrated)
 
 
 def interval_change(verdict: pd.DataFrame) -> pd.DataFrame:
