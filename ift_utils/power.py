@@ -3,12 +3,17 @@ simulated answer tables with known effects (and shared questions) to check the v
 
 The MDE is (t_{1-alpha/2} + t_power) × SE, with the t degrees of freedom of the verdict's interval (Satterthwaite
 over the replicate and question parts), so a plan and a run's verdict read the same number the same way.
+
+Planning (`design_table`, `cheapest_design`, `predict_study`): a candidate design's predicted primary MDE and its
+predicted seconds per stage on the reference machine, from named, re-measurable inputs (variance components,
+per-cell training seconds by group, per-question scoring seconds); the runner prints a params file's prediction.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -187,3 +192,208 @@ def simulated_true_difference(
     sd = math.sqrt(sd_question**2 + sd_question_group**2 + sd_replicate**2 + sd_run**2 + sd_answer_group**2)
     mean = lambda b: float(np.dot(wts, _expit(b + sd * x)) / wts.sum())  # noqa: E731
     return 100 * (mean(base_logit + effect) - mean(base_logit))
+
+
+# ------------------------------------------------------------------------------ planning: a design's MDE and cost
+# Every number below is a named input, measured once and meant to be measured again (a faster trainer changes the
+# training seconds; another machine changes all of them). Where each comes from:
+REFERENCE_MACHINE = "2-core Intel Xeon, 257-261 GFLOP/s fp32 matmul (the default study of 2026-12-06, commit 056326c)"
+H_MINUS_I_HOMO = {"var_replicate": 0.00096, "var_question": 0.233, "var_residual": 0.089}
+"""Variance components (per answer, 0/1 scale) of harmonious − incompatible on HOMO in that run (tables/power.csv)."""
+TRAIN_SECONDS = {"harmonious": 20.0, "self_aligning": 45.0, "incompatible": 130.0, "mixture": 135.0,
+                 "contextualized": 140.0, "general_only": 65.0}
+"""Seconds to train one cell to fit, by group: harmonious (1.1 epochs), incompatible and mixture (6.1-6.3 epochs) as
+measured (19-23 s; 94-155 s); self_aligning (2.3 epochs), contextualized (incompatible's dose, longer examples) and
+general_only (incompatible's dose on the general half alone) from their epochs at ≈ 21 s an epoch of 96 examples.
+Their sum over one domain × replicate, 535 s, is the measured 2144 s for 24 cells / 4. Groups not named here cost
+the mean."""
+GROUP_EPOCHS = {"harmonious": 1.1, "self_aligning": 2.3, "incompatible": 6.1, "mixture": 6.3, "contextualized": 6.1,
+                "general_only": 6.1}
+"""Mean epochs to fit by group in the train-to-fit runs (the 54-cell power attempt); a smaller `epochs` cap scales
+a group's seconds down, as do fewer examples a cell (96 = 48 facts + 48 general tasks measured)."""
+COST_MODEL = "smollm2-135m-instruct"  # the model the costs were measured with
+PROBE_S_PER_QUESTION = 134.0 / 3200
+"""Stage 01: 134 s for 2 domains × (400 training questions × 3 belief prompts + 4 test sets × 100), k-shot."""
+EVAL_S_PER_QUESTION = 1044.0 / (20_000 + 1_920)
+"""Stage 04: 17.4 min for 50 models, 0-shot, raw and calibrated in one pass: 24 cells at 2 checkpoints × (4 test
+sets × 100 + 48 own facts, none for general_only) and no_ift × 2 domains × 400: 20,000 test answers, 1,920 facts."""
+INTERVENTIONS_S = 9.0
+"""Stage 02 (template explanations)."""
+ANALYSIS_S_PER_ANSWER = 31.0 / 20_000
+"""Stage 05: 31 s for 20,000 scored answers (50 models × 400)."""
+PLAN_DOMAINS = ("city_country", "us_city_state", "europe_city_country")  # the first D are a D-domain design
+TRAINED_GROUPS = ("incompatible", "mixture", "self_aligning", "harmonious", "contextualized", "general_only")
+OOD_QUESTIONS = 185  # the facts suite's country -> currency relation holds this many questions (n_ood is capped)
+GOLD_ANSWERS = {  # distinct gold answers among the first Q HOMO test questions (facts suite, data_seed 0)
+    "city_country": {100: 46, 300: 72, 600: 90, 1000: 105, 1500: 110},
+    "us_city_state": {100: 30, 300: 43, 600: 47, 1000: 48, 1500: 49},
+    "europe_city_country": {100: 24, 300: 33, 600: 36, 1000: 39, 1500: 39},
+}
+"""A HOMO question's cluster joins its entity and its gold answer, so a domain's question df is counted in gold
+answers (the verdict's `n_clusters`), not questions: 24-110 a domain, however many questions. `tests/test_power.py`
+rebuilds this table from the facts suite."""
+EARLY_STOP_ALL = "all"
+TEST_SETS = ("HOMO", "ID", "OOD", "XD")
+
+
+def gold_clusters(domain: str, n_questions: int) -> int | None:
+    """Question clusters of `n_questions` HOMO questions of a facts domain (the tabulated count at the largest
+    tabulated size not above it: never more than the truth); None for a domain not tabulated (each question its
+    own cluster)."""
+    table = GOLD_ANSWERS.get(domain)
+    if not table:
+        return None
+    below = [q for q in table if q <= n_questions]
+    return table[max(below)] if below else min(n_questions, table[min(table)])
+
+
+@dataclass(frozen=True)
+class Design:
+    """A planned study: its domains, replicates, test-set sizes and which test sets the early-stop checkpoint is
+    scored on (the convergence checkpoint is scored on all four)."""
+
+    domains: tuple[str, ...]
+    replicates: int
+    n_test: int
+    n_id: int | None = None  # None: as many as n_test
+    n_ood: int | None = None  # None: as many as n_test (OOD is capped by its relation, XD by the other domains)
+    early_stop_sets: tuple[str, ...] | str = EARLY_STOP_ALL
+    groups: tuple[str, ...] = TRAINED_GROUPS
+    n_train: int = 400
+    belief_prompts: int = 3
+    facts_per_cell: int = 48
+    id_ood_source: str = "facts"  # facts: OOD capped by its relation, XD from the other domains; mmlu: no XD
+    general_ratio: float = 1.0
+    max_epochs: int = 10
+
+    def set_sizes(self) -> dict[str, int]:
+        """Questions per test set of one domain."""
+        n_ood = self.n_test if self.n_ood is None else self.n_ood
+        n_id = self.n_test if self.n_id is None else self.n_id
+        if self.id_ood_source == "none":
+            return {"HOMO": self.n_test}
+        if self.id_ood_source != "facts":
+            return {k: v for k, v in {"HOMO": self.n_test, "ID": n_id, "OOD": n_ood}.items() if v > 0}
+        sizes = {"HOMO": self.n_test, "ID": n_id, "OOD": min(n_ood, OOD_QUESTIONS),
+                 "XD": min(n_ood, (len(self.domains) - 1) * self.n_test)}
+        return {k: v for k, v in sizes.items() if v > 0}
+
+    def early_sets(self) -> tuple[str, ...]:
+        sets = tuple(self.set_sizes())
+        return sets if self.early_stop_sets == EARLY_STOP_ALL else tuple(s for s in sets if s in self.early_stop_sets)
+
+    def clusters(self) -> float | None:
+        """Mean question clusters a domain (None: questions are their own clusters)."""
+        found = [gold_clusters(d, self.n_test) for d in self.domains]
+        return None if any(c is None for c in found) else float(np.mean(found))
+
+
+def design_cost(
+    design: Design, train_seconds: Mapping[str, float] = TRAIN_SECONDS,
+    eval_s_per_question: float = EVAL_S_PER_QUESTION, probe_s_per_question: float = PROBE_S_PER_QUESTION,
+    interventions_s: float = INTERVENTIONS_S, analysis_s_per_answer: float = ANALYSIS_S_PER_ANSWER,
+) -> dict[str, float]:
+    """Predicted seconds per stage and in all on the machine the costs were measured on.
+
+    Probe: each domain's training questions under every belief prompt plus its test sets, k-shot. Training: one
+    cell per group × replicate × domain at its group's seconds. Evaluation: every trained cell at convergence on
+    every test set and at early stop on `early_stop_sets`, each checkpoint also on its own facts (not general_only,
+    which has none), and the untrained no_ift once a domain on every test set; calibrated scoring shares the pass.
+    Analysis: per scored test answer."""
+    d, r = len(design.domains), design.replicates
+    sizes = design.set_sizes()
+    all_q, early_q = sum(sizes.values()), sum(sizes[s] for s in design.early_sets())
+    mean_cell = float(np.mean(list(train_seconds.values())))
+    probe = probe_s_per_question * d * (design.n_train * design.belief_prompts + all_q)
+    examples = design.facts_per_cell * (1 + design.general_ratio) / 96  # the measured cells had 96 examples
+
+    def cell(g: str) -> float:
+        dose = min(1.0, design.max_epochs / GROUP_EPOCHS.get(g, design.max_epochs))
+        return train_seconds.get(g, mean_cell) * examples * dose
+
+    training = d * r * sum(cell(g) for g in design.groups)
+    facts = sum(design.facts_per_cell for g in design.groups if g != "general_only")
+    answers = d * (r * len(design.groups) * (all_q + early_q) + all_q)  # scored test answers, no_ift included
+    evaluation = eval_s_per_question * (answers + d * r * 2 * facts)
+    analysis = analysis_s_per_answer * answers
+    total = probe + interventions_s + training + evaluation + analysis
+    return {"probe_s": probe, "interventions_s": interventions_s, "training_s": training,
+            "evaluation_s": evaluation, "analysis_s": analysis, "total_s": total, "answers": float(answers)}
+
+
+def design_mde(design: Design, components: Mapping[str, float] = H_MINUS_I_HOMO, alpha: float = 0.05,
+               power: float = 0.80) -> float:
+    """The primary contrast's predicted MDE (points) on HOMO: `predict_mde` with the question df counted in the
+    domains' gold-answer clusters, as the verdict counts them."""
+    return predict_mde(components, len(design.domains), design.replicates, design.n_test, alpha=alpha, power=power,
+                       n_clusters=design.clusters())
+
+
+def candidate_designs(
+    domains: Sequence[int] = (2, 3), replicates: Sequence[int] = (2, 3, 4),
+    questions: Sequence[int] = (100, 300, 600, 1000, 1500),
+    early_stop_sets: Sequence[tuple[str, ...] | str] = (("HOMO",), EARLY_STOP_ALL),
+    other_questions: Sequence[int | None] = (300, None),
+) -> list[Design]:
+    """The grid of designs to plan from: the first D of PLAN_DOMAINS, R replicates, Q HOMO questions, and ID, OOD
+    and XD of min(Q, other) questions each (None: Q; they carry the secondary claims, not the primary)."""
+    out = []
+    for other in other_questions:
+        for e in early_stop_sets:
+            for d in domains:
+                for r in replicates:
+                    for q in questions:
+                        n = q if other is None else min(q, other)
+                        out.append(Design(PLAN_DOMAINS[:d], r, q, n_id=n, n_ood=n, early_stop_sets=e))
+    return out
+
+
+def design_table(
+    designs: Sequence[Design] | None = None, components: Mapping[str, float] = H_MINUS_I_HOMO,
+    train_seconds: Mapping[str, float] = TRAIN_SECONDS, eval_s_per_question: float = EVAL_S_PER_QUESTION,
+    probe_s_per_question: float = PROBE_S_PER_QUESTION, interventions_s: float = INTERVENTIONS_S,
+    analysis_s_per_answer: float = ANALYSIS_S_PER_ANSWER, alpha: float = 0.05, power: float = 0.80,
+) -> pd.DataFrame:
+    """One row per design: D, R, Q, the early-stop test sets, the primary MDE (points), the question clusters a
+    domain, the cells trained, and the predicted seconds per stage and in all (see `design_cost`)."""
+    rows = []
+    for dz in candidate_designs() if designs is None else designs:
+        cost = design_cost(dz, train_seconds, eval_s_per_question, probe_s_per_question, interventions_s,
+                           analysis_s_per_answer)
+        early = dz.early_stop_sets if isinstance(dz.early_stop_sets, str) else "+".join(dz.early_stop_sets)
+        sizes = dz.set_sizes()
+        rows.append({"D": len(dz.domains), "R": dz.replicates, "Q": dz.n_test, "n_id": sizes.get("ID", 0),
+                     "n_ood": dz.n_test if dz.n_ood is None else dz.n_ood, "early_stop_sets": early,
+                     "clusters": dz.clusters(), "cells": len(dz.domains) * dz.replicates * len(dz.groups),
+                     "mde": design_mde(dz, components, alpha, power), **cost})
+    return pd.DataFrame(rows)
+
+
+def cheapest_design(table: pd.DataFrame, max_mde: float = 4.0) -> pd.Series:
+    """The row of `design_table` with the least predicted total time whose primary MDE is at most `max_mde`
+    points; ties go to the smaller MDE. Raises ValueError when no design reaches it."""
+    ok = table[table["mde"] <= max_mde]
+    if ok.empty:
+        raise ValueError(f"no design has a primary MDE <= {max_mde} points (the least is {table['mde'].min():.2f})")
+    return ok.sort_values(["total_s", "mde"]).iloc[0]
+
+
+def design_of(P: Any) -> Design:
+    """The design a params object (`StudyParams`) runs: its domains, replicates (seeds), test-set sizes, trained
+    groups (ratios, extra groups, the general_only control) and early-stop test sets. No torch needed."""
+    groups = ["incompatible" if r == 0 else "self_aligning" if r == 1 else "mixture" for r in P.ratios]
+    groups += list(P.extra_groups) + (["general_only"] if "general_only" in P.controls else [])
+    early = getattr(P, "early_stop_sets", EARLY_STOP_ALL)
+    return Design(tuple(P.domains), len(P.seeds), P.n_test, n_id=P.n_id, n_ood=P.n_ood,
+                  early_stop_sets=early if isinstance(early, str) else tuple(early), groups=tuple(groups),
+                  n_train=P.n_train if P.n_train is not None else 2000, belief_prompts=P.belief_prompts,
+                  facts_per_cell=P.max_per_group or 48, id_ood_source=P.id_ood_source,
+                  general_ratio=P.general_ratio, max_epochs=P.epochs)
+
+
+def predict_study(P: Any, **costs: Any) -> dict[str, Any]:
+    """A params object's predicted primary MDE (points, H − I on HOMO with the default run's components) and
+    predicted seconds per stage on the reference machine (`design_cost`; `costs` override its measured inputs)."""
+    dz = design_of(P)
+    return {"mde": design_mde(dz), "clusters": dz.clusters(), "D": len(dz.domains), "R": dz.replicates,
+            "Q": dz.n_test, "same_model": P.model == COST_MODEL, **design_cost(dz, **costs)}

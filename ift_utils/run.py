@@ -462,6 +462,7 @@ def _run(P: StudyParams, run_dir: Path, chosen: list[str], force: bool, log_outp
     t_run = time.time()
     log_path = run_dir / "run.log"
     _say(console, f"run {P.run_name}: {_show(run_dir)}  (cell log and kernel output: {_show(log_path)})")
+    _say(console, prediction(P))
     name_width = max(len(nb.stem) for nb in stages())
     left_out = []
     for nb in stages():
@@ -521,6 +522,23 @@ def _run(P: StudyParams, run_dir: Path, chosen: list[str], force: bool, log_outp
     _say(console, f"run {P.run_name} finished in {duration(manifest['last_run_seconds'])}")
     _closing_lines(run_dir, console)
     return 0
+
+
+def prediction(P: StudyParams) -> str:
+    """One line, said before the first stage: the design's predicted primary MDE and wall time per stage on the
+    reference machine (ift_utils.power: the default run's variance components and stage costs)."""
+    from ift_utils.power import predict_study
+
+    try:
+        p = predict_study(P)
+    except (KeyError, ValueError, TypeError, AttributeError) as e:  # a plan must never stop a run
+        return f"prediction: not available ({type(e).__name__}: {e})"
+    clusters = f", {p['clusters']:.0f} answer clusters a domain" if p["clusters"] else ""
+    return (f"prediction: primary MDE {p['mde']:.1f} points (harmonious − incompatible on HOMO; {p['D']} domains × "
+            f"{p['R']} replicates × {p['Q']} questions{clusters}); wall time {duration(p['total_s'])} on the reference "
+            f"machine (probe {duration(p['probe_s'])}, training {duration(p['training_s'])}, evaluation "
+            f"{duration(p['evaluation_s'])}, analysis {duration(p['analysis_s'])})"
+            + ("" if p["same_model"] else "; the costs are smollm2-135m-instruct's"))
 
 
 def _show(path: Path) -> str:

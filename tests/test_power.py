@@ -1,4 +1,5 @@
-"""Power and simulation: the planned MDE by hand and against a run's own, the power table, simulated sharing."""
+"""Power and simulation: the planned MDE by hand and against a run's own, the power table, simulated sharing, and
+the planned design: its MDE and stage times by hand, the cheapest design under 4 points, its splits built."""
 
 from __future__ import annotations
 
@@ -7,7 +8,21 @@ import math
 import pytest
 from scipy import stats
 
-from ift_utils.power import power_table, predict_mde, simulate_answers, variance_components
+from ift_utils.power import (
+    GOLD_ANSWERS,
+    H_MINUS_I_HOMO,
+    PLAN_DOMAINS,
+    Design,
+    candidate_designs,
+    cheapest_design,
+    design_cost,
+    design_mde,
+    design_table,
+    power_table,
+    predict_mde,
+    simulate_answers,
+    variance_components,
+)
 from ift_utils.verdict import CLAIM_HARMONIOUS, clean_answers, contrast_blocks, contrast_estimate
 
 
@@ -59,3 +74,92 @@ def test_simulated_gold_answers_nest_the_entity():
     homo = d0[d0["test_set"] == "HOMO"].set_index("qkey")["gold"]
     id_ = d0[d0["test_set"] == "ID"].set_index("qkey")["gold"]
     assert homo.nunique() <= 10 and (id_ == "ID|of|" + homo.reindex(id_.index)).all()
+
+
+# ------------------------------------------------------------------------------ planning: MDE and cost of a design
+CHOSEN = Design(PLAN_DOMAINS, 3, 1500, n_id=300, n_ood=300, early_stop_sets=("HOMO",))  # params/power.yaml
+
+
+def test_design_mde_by_hand_with_cluster_df():
+    # 3 domains × 3 replicates × 1500 HOMO questions in 110, 49 and 39 gold-answer clusters (mean 66)
+    v_rep = 0.00096 / 3 / 3
+    v_q = (0.233 / 1500 + 0.089 / (1500 * 3)) / 3
+    df_rep, df_q = 3 * (3 - 1), 3 * (66 - 1)
+    dof = (v_rep + v_q) ** 2 / (v_rep**2 / df_rep + v_q**2 / df_q)
+    want = 100 * (stats.t.ppf(0.975, dof) + stats.t.ppf(0.80, dof)) * math.sqrt(v_rep + v_q)
+    assert CHOSEN.clusters() == pytest.approx(66.0)
+    assert design_mde(CHOSEN, H_MINUS_I_HOMO) == pytest.approx(want)
+    assert want == pytest.approx(3.866, abs=0.005)
+    # the default design predicts the default run's measured primary MDE (11.8 raw) within its noise
+    assert design_mde(Design(PLAN_DOMAINS[:2], 2, 100)) == pytest.approx(11.5, abs=0.1)
+
+
+def test_design_time_by_hand():
+    # the default design reproduces the stage times it was measured from (056326c: 134 s, 36.4 min, 17.4 min, 31 s)
+    default = design_cost(Design(PLAN_DOMAINS[:2], 2, 100))
+    assert default["probe_s"] == pytest.approx(134.0)
+    assert default["training_s"] == pytest.approx(2 * 2 * 535.0)
+    assert default["evaluation_s"] == pytest.approx(1044.0)
+    assert default["analysis_s"] == pytest.approx(31.0)
+    # the chosen design, by hand: per domain HOMO 1500, ID 300, OOD 185 (its relation), XD 300 = 2285 questions
+    sets, early = 1500 + 300 + 185 + 300, 1500
+    probe = 134 / 3200 * 3 * (400 * 3 + sets)
+    training = 3 * 3 * (20 + 45 + 130 + 135 + 140 + 65)
+    answers = 3 * (3 * 6 * (sets + early) + sets)  # trained cells at both checkpoints, and no_ift
+    facts = 3 * 3 * 2 * 5 * 48  # own facts at both checkpoints, general_only has none
+    evaluation = 1044 / 21920 * (answers + facts)
+    got = design_cost(CHOSEN)
+    assert got["probe_s"] == pytest.approx(probe) and got["training_s"] == pytest.approx(training)
+    assert got["evaluation_s"] == pytest.approx(evaluation)
+    assert got["total_s"] == pytest.approx(probe + 9 + training + evaluation + 31 / 20000 * answers)
+    assert got["total_s"] / 60 == pytest.approx(264.3, abs=0.1)
+    faster = design_cost(CHOSEN, train_seconds={g: 0.6 * s for g, s in
+                                                {"harmonious": 20, "self_aligning": 45, "incompatible": 130,
+                                                 "mixture": 135, "contextualized": 140, "general_only": 65}.items()})
+    assert faster["training_s"] == pytest.approx(0.6 * training)
+
+
+def test_cheapest_design_under_four_points_is_power_yaml():
+    table = design_table()
+    assert len(table) == 2 * 2 * 2 * 3 * 5 and table["mde"].gt(0).all()
+    best = cheapest_design(table)
+    assert (best["D"], best["R"], best["Q"], best["n_id"], best["early_stop_sets"]) == (3, 3, 1500, 300, "HOMO")
+    assert best["mde"] <= 4 and table.loc[table["mde"] <= 4, "total_s"].min() == best["total_s"]
+    with pytest.raises(ValueError, match="no design has a primary MDE <= 1.0"):
+        cheapest_design(table, max_mde=1.0)
+    from ift_utils.config import load_params
+    from ift_utils.power import design_of
+
+    planned = design_of(load_params("params/power.yaml"))
+    assert (planned.domains, planned.replicates, planned.n_test, planned.n_id) == (PLAN_DOMAINS, 3, 1500, 300)
+    assert len(candidate_designs(other_questions=(None,), early_stop_sets=("all",))) == 30
+
+
+def test_gold_answer_clusters_and_disjoint_splits_at_the_chosen_size():
+    """The facts suite gives the chosen design its questions: 1500 HOMO (and 300 ID, 300 XD) questions a domain,
+    none of them a training or fit question (fit_dev is a slice of train) or a demo; the gold-answer counts the
+    plan uses are the suite's own."""
+    from ift_utils.config import load_params
+    from ift_utils.data_sources import load_study_data
+
+    P = load_params("params/power.yaml")
+    data = load_study_data(P)
+    for d, table in GOLD_ANSWERS.items():  # the first Q of the 1500 are the HOMO set a study with n_test Q draws
+        for q, n in table.items():
+            assert len({x.raw["gold"] for x in data[d].test[:q]}) == n, (d, q)
+    for d, dd in data.items():
+        sizes = {name: len(qs) for name, qs in dd.test_sets().items()}
+        assert sizes == {"HOMO": 1500, "ID": 300, "OOD": 185, "XD": 300}, (d, sizes)
+        train = {q.raw["entity"] for q in dd.train}
+        demos = {q.raw["entity"] for q in dd.dev}
+        assert len(dd.train) == P.n_train
+        for name, qs in dd.test_sets().items():
+            if name == "OOD":  # countries, another relation: no city is asked
+                continue
+            ents = {q.raw["entity"] for q in qs}
+            assert not ents & train and not ents & demos, (d, name)
+        xd_domains = {q.domain for q in dd.cross_test}
+        assert d not in xd_domains and xd_domains <= set(PLAN_DOMAINS)
+        # XD questions are other domains' HOMO questions, so also never another domain's training question
+        other_train = {q.raw["entity"] for o, od in data.items() if o != d for q in od.train}
+        assert not {q.raw["entity"] for q in dd.cross_test} & (train | other_train)
