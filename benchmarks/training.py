@@ -38,6 +38,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 SECTION = "training"
+CURRENT_LABEL = "LoRA ours fp32 (shared prefix + FastDropout)"  # the kit's method at 056326c: eager fp32
+NEW_LABEL = "LoRA new fp32 (compiled layers + hashed FastDropout)"
 
 
 def training_examples(tok: Any, n: int, seed: int = 0) -> list[dict]:
@@ -145,15 +147,19 @@ def _grad_gap(v: _Variant, batch: dict[str, torch.Tensor]) -> tuple[float, float
     return abs(l0 - l1), max(float((g0[n] - g1[n]).abs().max()) for n in g0)
 
 
+STAGE03_STEPS = 1200  # steps of one default stage 03: 36.4 min at ≈ 1.8 s a step (docs/results.md)
+
+
 def bench_training_rows(model: str = "smollm2-135m-instruct", n_examples: int = 64, batch_size: int = 8,
                         threads: int = 2, bf16: str | bool = "auto", full: bool = True, epochs: float = 1,
-                        grad_checks: int = 3, noise_reference: bool = True) -> list[dict]:
+                        grad_checks: int = 3, noise_reference: bool = True, compiled: bool = True,
+                        stage_steps: int = STAGE03_STEPS, current_vs_new: bool = False) -> list[dict]:
     """Rows (section, measure, ours, baseline, ratio, unit, note) comparing today's training step with the new
     one on the same cells, for the benchmark driver to print."""
     from transformers import AutoTokenizer
 
     from ift_utils.models import MODEL_NAMES, resolve_model
-    from ift_utils.training import TrainConfig, collate, cpu_has_bf16, encode_example, plan_steps
+    from ift_utils.training import TrainConfig, collate, cpu_has_bf16, encode_example, graph_breaks, plan_steps
 
     torch.set_num_threads(threads)
     path = resolve_model(model) if model in MODEL_NAMES else model
@@ -171,10 +177,17 @@ def bench_training_rows(model: str = "smollm2-135m-instruct", n_examples: int = 
     ours = replace(base, shared_prefix=True, fast_dropout=True)
     variants = [_Variant("LoRA today (fp32, every row whole, torch dropout masks)", base),
                 _Variant("LoRA shared prefix only (torch dropout masks)", replace(base, shared_prefix=True)),
-                _Variant("LoRA ours fp32 (shared prefix + FastDropout)", ours)]
+                _Variant(CURRENT_LABEL, ours)]
+    if current_vs_new:  # only the kit's current method against the new one (and their bf16 forms)
+        variants = [v for v in variants if v.label == CURRENT_LABEL]
+    if compiled:  # the new method: decoder layers compiled by inductor, FastDropout's hashed (traceable) masks
+        variants.append(_Variant(NEW_LABEL, replace(ours, compile="on")))
     if use_bf16:
         variants.append(_Variant("LoRA ours bf16 (shared prefix + FastDropout + CPU bf16 autocast)",
                                  replace(ours, cpu_bf16=True)))
+        if compiled:
+            variants.append(_Variant("LoRA new bf16 (compiled layers + CPU bf16 autocast)",
+                                     replace(ours, cpu_bf16=True, compile="on")))
     if noise_reference:  # today's method from another LoRA init and masks: how far loss curves move for no reason
         variants.append(_Variant("LoRA today, other init seed (noise reference)", replace(base, seed=1)))
     if full:
@@ -236,6 +249,20 @@ def bench_training_rows(model: str = "smollm2-135m-instruct", n_examples: int = 
                 "of the bf16 peak" if v.cfg.cpu_bf16 is True else "of the fp32 peak")
             row(f"peak share (6N·computed tokens): {v.label}", 100 * f["share_computed"],
                 100 * f_today["share_computed"], "%", "padding counted, shared prefix once per batch")
+    current = next(v for v in variants if v.label == CURRENT_LABEL)
+    for v in (v for v in variants if v.cfg.compile == "on"):
+        f, f_cur = figures(v), figures(current)
+        compile_s = max(0.0, v.seconds[0] - f["step_s"])  # first step beyond a steady one: the compile
+        with_compile = stage_steps / (stage_steps * f["step_s"] + compile_s)
+        dloss = max(abs(a - b) for a, b in zip(v.losses, current.losses, strict=True))
+        row(f"steady s/step, current (056326c: shared prefix, FastDropout, fp32 eager) vs {v.label}",
+            f_cur["step_s"], f["step_s"], "s/step", "ratio = speed-up of the new method, compile not counted")
+        row(f"examples/s, {v.label} vs current, compile not counted", f["ex_s"], f_cur["ex_s"], "examples/s",
+            f"max |Δloss| per step vs current {dloss:.2e} (other dropout masks: compare the noise reference)")
+        row(f"examples/s, {v.label} vs current, compile counted over one default stage 03",
+            batch_size * with_compile, f_cur["ex_s"], "examples/s",
+            f"{stage_steps} steps + one compile of {compile_s:.1f} s (first step {v.seconds[0]:.1f} s; current's "
+            f"first step {current.seconds[0]:.1f} s); graph breaks {graph_breaks()}")
     if gaps:
         row("max |Δloss|, shared prefix vs whole rows (same weights)", max(g[0] for g in gaps), float("nan"), "nats",
             f"fp32, first {len(gaps)} batches")
@@ -264,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bf16", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--no-full", action="store_true", help="leave out full fine-tuning (also left out by --quick)")
     ap.add_argument("--epochs", type=float, default=1)
+    ap.add_argument("--current-vs-new", action="store_true",
+                    help="only the current method (056326c) and the new compiled one, side by side")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the compiled (new) variants")
     args = ap.parse_args(argv)
     n = 16 if args.quick else args.examples
     bf16 = {"auto": "auto", "on": True, "off": False}[args.bf16]
@@ -271,9 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         import logging
 
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    full = not (args.no_full or args.quick)
+    full = not (args.no_full or args.quick or args.current_vs_new)
     rows = bench_training_rows(args.model, n, args.batch_size, args.threads, bf16, full, args.epochs,
-                               grad_checks=1 if args.quick else 3, noise_reference=not args.quick)
+                               grad_checks=1 if args.quick else 3,
+                               noise_reference=not (args.quick or args.current_vs_new),
+                               compiled=not args.no_compile, current_vs_new=args.current_vs_new)
     print_rows(rows)
     return 0
 

@@ -109,7 +109,7 @@ def test_cpu_bf16_is_off_by_default_and_leaves_the_fingerprint_as_before() -> No
     assert not cpu_autocast_wanted(TrainConfig(cpu_bf16=True, method="qlora"), cpu)
     assert not cpu_autocast_wanted(TrainConfig(cpu_bf16=True), torch.device("cuda"))
     fields = config_fingerprint_fields(TrainConfig(), cpu_autocast=False)
-    new = {"min_lr_ratio", "cpu_bf16", "shared_prefix", "cpu_autocast", "fast_dropout", "dropout_masks"}
+    new = {"min_lr_ratio", "cpu_bf16", "shared_prefix", "cpu_autocast", "fast_dropout", "dropout_masks", "compile"}
     assert not new & fields.keys()  # cells finished before these fields existed keep their fingerprint
     assert list(fields) == [k for k in asdict(TrainConfig()) if k not in new]
     assert config_fingerprint_fields(TrainConfig(cpu_bf16="auto"), cpu_autocast=False) == fields

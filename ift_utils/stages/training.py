@@ -21,6 +21,26 @@ log = logging.getLogger(__name__)
 
 FIT_LOG = "fit_log.json"  # per epoch: fit on the cell's own facts and accuracy on the replicate's fit_dev slice
 FOLLOWS_INCOMPATIBLE = ("contextualized", GENERAL_ONLY)  # trained as many epochs as the replicate's incompatible
+_KEPT: dict = {}  # per process: the ModelKeeper (base model + tokenizer kept across cells) and the scoring tokenizer
+
+
+def model_keeper():
+    """This process's `ModelKeeper`: stage 03 trains every cell on one loaded base model, the adapter reset in place
+    (the same result as a fresh build; ≈ 1.5 s a cell saved, and the compiled layers kept)."""
+    from ift_utils.training import ModelKeeper
+
+    return _KEPT.setdefault("keeper", ModelKeeper())
+
+
+def _scoring_tokenizer(P):
+    """The tokenizer fit is scored with (as stage 04 loads it), loaded once per process."""
+    from ift_utils.models import load_tokenizer
+
+    key = ("tok", P.model, P.allow_network, P.trust_remote_code, P.allow_pickle)
+    if key not in _KEPT:
+        _KEPT[key] = load_tokenizer(P.model, allow_network=P.allow_network, trust_remote_code=P.trust_remote_code,
+                                    allow_pickle=P.allow_pickle)
+    return _KEPT[key]
 
 
 def train_config(P, seed: int, epochs: float | None = None):
@@ -32,7 +52,7 @@ def train_config(P, seed: int, epochs: float | None = None):
                        epochs=n, learning_rate=P.learning_rate, lr_scheduler=P.lr_scheduler,
                        min_lr_ratio=P.min_lr_ratio, warmup_ratio=P.warmup_ratio, max_length=P.max_length,
                        batch_size=P.batch_size, grad_accum=P.grad_accum, seed=seed, bf16=device_of(P) == "cuda",
-                       cpu_bf16={"auto": "auto", "on": True, "off": False}[P.cpu_bf16],
+                       cpu_bf16={"auto": "auto", "on": True, "off": False}[P.cpu_bf16], compile=P.compile,
                        save_epochs=tuple(e for e in P.eval_epochs if e < n))
 
 
@@ -99,18 +119,16 @@ def train_cell(P, paths: RunPaths, cell: Cell, model_path: str, tok=None) -> dic
         cfg = replace(cfg, save_epochs=tuple(sorted({*cfg.save_epochs, int(dose[1])})))
     monitor = None
     if dose is None and P.fit_target is not None:
-        if tok is None:
-            from ift_utils.models import load_tokenizer
-
-            tok = load_tokenizer(P.model, allow_network=P.allow_network, trust_remote_code=P.trust_remote_code,
-                                 allow_pickle=P.allow_pickle)
-        monitor = fit_monitor(P, paths, cell, tok)
-    res: TrainResult = train_adapter(model_path, examples, cfg, cell_dir(paths, cell), on_epoch_end=monitor)
+        monitor = fit_monitor(P, paths, cell, tok if tok is not None else _scoring_tokenizer(P))
+    res: TrainResult = train_adapter(model_path, examples, cfg, cell_dir(paths, cell), on_epoch_end=monitor,
+                                     keeper=model_keeper())
     curve = fit_curve(paths, cell)
     early = early_stop_epoch(curve) if dose is None else dose[1]
     prune_checkpoints(P, paths, cell, early)
     return {"cell": cell.key, "domain": cell.domain, "condition": cell.condition, "group": cell.group,
             "ratio": cell.ratio, "seed": cell.seed, "method": cfg.method, "precision": res.precision,
+            "compiled": res.compiled, "compiled_graphs": res.compiled_graphs,
+            "first_step_seconds": res.first_step_seconds,
             "examples": res.n_examples, "epochs": res.epochs_completed, "stop": res.stop_reason,
             "early_stop_epoch": early, "fit": curve["fit"].iloc[-1] if len(curve) else math.nan,
             "steps": res.steps, "train_tokens": res.train_tokens, "seconds": round(res.seconds, 1),

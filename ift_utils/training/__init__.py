@@ -44,12 +44,14 @@ class _DropKernelsNotice(logging.Filter):
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelsNotice())
 
 from ift_utils.training.build import (  # noqa: E402  (after the filter: peft imports bitsandbytes)
+    ModelKeeper,
     _build_model,
     _inner,
     _resolve,
     bnb_config,
     disable_cpu_repack,
     load_base,
+    reset_adapter,
 )
 from ift_utils.training.checkpoints import (  # noqa: E402
     _atomic_dir,
@@ -78,16 +80,25 @@ from ift_utils.training.config import (  # noqa: E402
 from ift_utils.training.data import _Step, collate, encode_example, epoch_batches, plan_steps  # noqa: E402
 from ift_utils.training.loop import _ask_epoch_end, _versions, load_trained, train_adapter  # noqa: E402
 from ift_utils.training.precision import (  # noqa: E402
+    COMPILE_MODES,
     FastDropout,
+    compile_layers,
+    compile_wanted,
+    compiled_graphs,
     config_fingerprint_fields,
     cpu_autocast_wanted,
+    cpu_bf16_kind,
     cpu_has_bf16,
+    decoder_layers,
+    dropout_masks,
     fast_dropout_wanted,
     frozen_bf16_wanted,
+    graph_breaks,
     precision_label,
     sum_lora_in_fp32,
     use_fast_dropout,
     use_fp32_attention,
+    use_inductor_cache,
 )
 from ift_utils.training.step import (  # noqa: E402
     MIN_SHARED_PREFIX,
@@ -104,7 +115,8 @@ __all__ = ["TrainConfig", "TrainResult", "EpochDecision", "train_adapter", "make
            "encode_example", "collate", "epoch_batches", "plan_steps", "response_loss", "disable_cpu_repack",
            "load_base", "bnb_config", "FastDropout", "use_fast_dropout", "sum_lora_in_fp32", "use_fp32_attention",
            "ATTENTION_TARGETS", "DONE", "IGNORE", "LR_SCHEDULES", "MEGABATCH", "METHODS", "MIN_SHARED_PREFIX",
-           "PREFIX_MODEL_TYPES",
+           "PREFIX_MODEL_TYPES", "ModelKeeper", "reset_adapter", "COMPILE_MODES", "compile_layers", "compile_wanted",
+           "compiled_graphs", "decoder_layers", "dropout_masks", "graph_breaks", "use_inductor_cache", "cpu_bf16_kind",
            # private, used by tests and benchmarks
            "_build_model", "_inner", "_resolve", "_atomic_dir", "_checkpoints", "_load_checkpoint", "_peak_rss_mb",
            "_reset_peak_rss", "_rng_state", "_save_checkpoint", "_set_rng_state", "_trainable", "_Step",

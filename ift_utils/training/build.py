@@ -10,8 +10,10 @@ from torch import nn
 
 from ift_utils.training.config import ATTENTION_TARGETS, TrainConfig
 from ift_utils.training.precision import (
+    compile_layers,
+    compile_wanted,
     cpu_autocast_wanted,
-    fast_dropout_wanted,
+    dropout_masks,
     frozen_bf16_wanted,
     sum_lora_in_fp32,
     use_fast_dropout,
@@ -95,12 +97,83 @@ def _build_model(path: str, cfg: TrainConfig, device: torch.device) -> nn.Module
             lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                               target_modules=targets, bias="none", task_type="CAUSAL_LM")
             model = get_peft_model(model, lora)  # adapter weights in fp32 (peft's autocast_adapter_dtype)
-    if fast_dropout_wanted(cfg, device):
-        use_fast_dropout(model)
+    masks = dropout_masks(cfg, device)
+    if masks:
+        use_fast_dropout(model, masks)
     if frozen_bf16:
         sum_lora_in_fp32(model)
+    if compile_wanted(cfg, device):  # last: hooks and adapters are traced into the compiled layers
+        compile_layers(model)
     model.train()
     return model
+
+
+def _lora_key(path: str, cfg: TrainConfig, device: torch.device) -> tuple:
+    """What a kept LoRA model must share with a cell to be reset for it instead of rebuilt."""
+    return (path, str(device), cfg.method, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, str(cfg.target_modules),
+            cfg.bf16, frozen_bf16_wanted(cfg, device), cpu_autocast_wanted(cfg, device),
+            dropout_masks(cfg, device), compile_wanted(cfg, device), cfg.gradient_checkpointing)
+
+
+def reset_adapter(model: nn.Module) -> int:
+    """Give every LoRA layer fresh weights in place, drawing from torch's generator exactly as `get_peft_model`
+    does when it builds them (per layer, in module order: nn.Linear's init of A, then of B, then peft's
+    `reset_lora_parameters`: A kaiming-uniform, B zeros). After `set_seed(s)` the adapter equals a fresh build's
+    from the same seed (tested). Returns the layers reset."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    n = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoraLayer):
+                for name in module.lora_A:
+                    module.lora_A[name].reset_parameters()
+                    module.lora_B[name].reset_parameters()
+                    module.reset_lora_parameters(name, True)
+                    n += 1
+    for p in model.parameters():
+        p.grad = None
+    return n
+
+
+class ModelKeeper:
+    """Keeps a LoRA model and the tokenizer loaded across the cells of a process (stage 03), resetting the adapter
+    in place for each cell instead of reloading the base and the tokenizer and rebuilding the adapter (and, when
+    compiled, keeps the compiled layers). Full fine-tuning changes the base weights, so it is never kept."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.model: nn.Module | None = None
+        self.toks: dict[str, Any] = {}
+        self.builds = 0  # how many times a model was built (the rest were resets)
+
+    def tokenizer(self, path: str) -> Any:
+        """The tokenizer of `path`, loaded once."""
+        from transformers import AutoTokenizer
+
+        if path not in self.toks:
+            self.toks[path] = AutoTokenizer.from_pretrained(path)
+        return self.toks[path]
+
+    def model_for(self, path: str, cfg: TrainConfig, device: torch.device) -> nn.Module:
+        """A model with a fresh adapter for `cfg`, as `_build_model` would build it after the caller's
+        `set_seed(cfg.seed)`: the kept one reset in place when it matches, else a new build (kept for later)."""
+        key = _lora_key(path, cfg, device)
+        if cfg.method != "lora":
+            self.release()
+            return _build_model(path, cfg, device)
+        if self.model is not None and key == self.key:
+            reset_adapter(self.model)
+            self.model.train()
+            return self.model
+        self.release()
+        self.model, self.key = _build_model(path, cfg, device), key
+        self.builds += 1
+        return self.model
+
+    def release(self) -> None:
+        """Drop the kept model (its memory is freed once no cell holds it)."""
+        self.model, self.key = None, None
 
 
 def _inner(model: nn.Module) -> nn.Module:

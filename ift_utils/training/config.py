@@ -48,7 +48,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     response_only_logits: bool = True  # False: the plain full-logits loss (same value, slower; for benchmarks)
     shared_prefix: bool = True  # run the batch's common prefix once (same loss up to rounding); see prefix_sharing_ok
-    fast_dropout: bool = True  # on CPU: LoRA dropout masks from numpy's PCG64 (`FastDropout`), not torch's generator
+    fast_dropout: bool = True  # on CPU: LoRA dropout masks from `FastDropout` (numpy's, or hashed when compiled)
+    compile: str = "off"  # decoder layers compiled by inductor: "on", "off", "auto" (dense LoRA / full FT)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -66,6 +67,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr_scheduler must be one of {list(LR_SCHEDULES)}, got {self.lr_scheduler!r}")
         if not 0 <= self.min_lr_ratio < 1:
             raise ValueError("TrainConfig.min_lr_ratio must be in [0, 1)")
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"TrainConfig.compile must be 'auto', 'on' or 'off', got {self.compile!r}")
         if self.cpu_bf16 not in ("auto", True, False):
             raise ValueError(f"TrainConfig.cpu_bf16 must be 'auto', True or False, got {self.cpu_bf16!r}")
 
@@ -122,6 +125,9 @@ class TrainResult:
     epochs_completed: float = 0.0  # epochs trained (fractional when cfg.epochs is)
     stop_reason: str = "max_epochs"  # "max_epochs", or "callback" when on_epoch_end stopped it before the last epoch
     decisions: list[dict] = field(default_factory=list)  # on_epoch_end's answers: {"epoch", "stop", "save"}
+    compiled: bool = False  # whether the decoder layers ran compiled (`compile_layers`)
+    compiled_graphs: int = 0  # graphs dynamo compiled during this cell (first compiles and recompiles)
+    first_step_seconds: float = 0.0  # wall time of this session's first step (includes compiling, if any)
 
     @classmethod
     def read(cls, out_dir: Path) -> TrainResult:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ift_utils.io import sha256_json, write_csv, write_json, write_text
-from ift_utils.training.build import _build_model, _resolve, load_base
+from ift_utils.training.build import ModelKeeper, _build_model, _resolve, load_base
 from ift_utils.training.checkpoints import (
     _atomic_dir,
     _checkpoints,
@@ -34,9 +34,11 @@ from ift_utils.training.checkpoints import (
 from ift_utils.training.config import DONE, IGNORE, METHODS, EpochDecision, TrainConfig, TrainResult, make_scheduler
 from ift_utils.training.data import collate, encode_example, plan_steps
 from ift_utils.training.precision import (
+    compile_wanted,
+    compiled_graphs,
     config_fingerprint_fields,
     cpu_autocast_wanted,
-    fast_dropout_wanted,
+    dropout_masks,
     frozen_bf16_wanted,
     precision_label,
 )
@@ -84,8 +86,8 @@ def _ask_epoch_end(callback: Callable[[nn.Module, int], Any], model: nn.Module, 
 
 def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_dir: Path,
                   progress: bool = True, *, on_step: Callable[[int, float], None] | None = None,
-                  on_epoch_end: Callable[[nn.Module, int], EpochDecision | bool | None] | None = None
-                  ) -> TrainResult:
+                  on_epoch_end: Callable[[nn.Module, int], EpochDecision | bool | None] | None = None,
+                  keeper: ModelKeeper | None = None) -> TrainResult:
     """Train one cell into out_dir (adapter or full weights, loss.csv, train_config.json, train_result.json,
     then DONE); a cell finished with the same data and config is skipped (one finished with others is
     trained again), an interrupted one resumes from its last checkpoint.
@@ -97,6 +99,8 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
     keep this epoch's weights in epochs/epochN/), a bool (stop) or None (go on). Its answers are stored in the
     checkpoints and the result, so a resumed run does not ask again for epochs already decided. Random
     generators are restored after it, so it may sample. Not called for a finished cell.
+    keeper: a `ModelKeeper` that keeps the LoRA model and tokenizer loaded across cells (the adapter is reset in
+    place, equal to a fresh build from the same seed); None builds both for this cell.
     """
     from accelerate import Accelerator
     from accelerate.utils import gather_object, set_seed
@@ -110,7 +114,7 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
         device = torch.device("cpu")
     cpu_autocast = cpu_autocast_wanted(cfg, device)
     frozen_bf16 = frozen_bf16_wanted(cfg, device)  # asked once: `auto` reads /proc/cpuinfo
-    fingerprint = sha256_json({"config": config_fingerprint_fields(cfg, cpu_autocast, fast_dropout_wanted(cfg, device)),
+    fingerprint = sha256_json({"config": config_fingerprint_fields(cfg, cpu_autocast, dropout_masks(cfg, device)),
                                "model": model_path,
                                "examples": examples})
     if is_done(out_dir):
@@ -123,11 +127,13 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
     _reset_peak_rss()
     accelerator = Accelerator()
     world, rank = accelerator.num_processes, accelerator.process_index
+    if world > 1:
+        keeper = None  # a kept model would be wrapped in DDP again for every cell: not checked, so built afresh
     if accelerator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     path = _resolve(model_path)
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = keeper.tokenizer(path) if keeper is not None else AutoTokenizer.from_pretrained(path)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     encoded: list[dict] = []
     for ex in examples:
@@ -145,7 +151,10 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
     steps, per_epoch = plan_steps(lengths, cfg, world)
 
     set_seed(cfg.seed)
-    model = _build_model(path, cfg, accelerator.device)
+    graphs0 = compiled_graphs()
+    model = (keeper.model_for(path, cfg, accelerator.device) if keeper is not None
+             else _build_model(path, cfg, accelerator.device))
+    compiled = compile_wanted(cfg, accelerator.device)
     optimizer = torch.optim.AdamW(list(_trainable(model).values()), lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg, len(steps))
@@ -181,6 +190,7 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
     bar = tqdm(total=len(steps), initial=start, desc=f"train {out_dir.name}", unit="step",
                disable=not progress or not accelerator.is_main_process)
     t0 = time.perf_counter()
+    first_step, seen_graphs = 0.0, graphs0
     stopped = any(d["stop"] for d in done["decisions"])  # resumed after the callback asked to stop
     reached = start
     for index in range(start, len(steps) if not stopped else start):
@@ -209,6 +219,13 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
         done["rows"].append({"step": number, "epoch": round(number / per_epoch, 6), "loss": loss, "lr": lr})
         done["train_tokens"] += sum(lengths[i] for mb in step.micro for i in mb)
         done["loss_tokens"] += n_global
+        if index == start:
+            first_step = time.perf_counter() - t0
+        graphs = compiled_graphs()
+        if compiled and graphs > seen_graphs:  # first compiles, then any recompile, each logged and counted
+            log.info("%s step %d: %d graph(s) compiled (%d in this cell%s)", out_dir.name, number, graphs - seen_graphs,
+                     graphs - graphs0, f", first step {first_step:.1f} s" if index == start else "")
+            seen_graphs = graphs
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         epoch_end = number == len(steps) or steps[number].epoch != step.epoch
@@ -253,6 +270,7 @@ def train_adapter(model_path: str, examples: list[dict], cfg: TrainConfig, out_d
         train_tokens=done["train_tokens"], losses=done["losses"], loss_tokens=done["loss_tokens"],
         n_examples=len(encoded), n_truncated=sum(e["truncated"] for e in encoded), n_dropped=n_dropped,
         precision=precision, shared_prefix=share, epochs_completed=round(reached / per_epoch, 6),
+        compiled=compiled, compiled_graphs=compiled_graphs() - graphs0, first_step_seconds=round(first_step, 3),
         stop_reason="callback" if stopped and reached < len(steps) else "max_epochs", decisions=done["decisions"])
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
