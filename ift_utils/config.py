@@ -144,6 +144,9 @@ class StudyParams(BaseModel):
     grad_accum: int = Field(1, ge=1, le=4096)
     eval_epochs: list[int] = Field(default_factory=list, description="also evaluate checkpoints saved at these "
                                    "epochs (the final model is always evaluated), e.g. [1, 3, 10]")
+    early_stop_sets: Literal["all"] | list[str] = Field(
+        "all", description="test sets the early-stop checkpoint is scored on: 'all' or a list of HOMO, ID, OOD, XD "
+                           "(the convergence checkpoint is scored on every set)")
     shard_index: int = Field(0, ge=0, description="train only cells i with i % num_shards == shard_index")
     num_shards: int = Field(1, ge=1)
     # analysis
@@ -183,6 +186,23 @@ class StudyParams(BaseModel):
             raise ValueError("eval_epochs must be distinct positive integers")
         return sorted(v)
 
+    @field_validator("early_stop_sets", mode="before")
+    @classmethod
+    def _early_stop_sets(cls, v: Any) -> Any:
+        allowed = "allowed: 'all' or a list of HOMO, ID, OOD, XD"
+        if v == "all":
+            return v
+        if not isinstance(v, list | tuple) or not all(isinstance(t, str) for t in v):
+            raise ValueError(f"{v!r} is neither 'all' nor a list of test sets; {allowed}")
+        if not v:
+            raise ValueError(f"name at least one test set (HOMO carries the primary contrast); {allowed}")
+        unknown = [t for t in v if t not in ("HOMO", "ID", "OOD", "XD")]
+        if unknown:
+            raise ValueError(f"unknown test set(s) {unknown}; {allowed}")
+        if len(set(v)) != len(v):
+            raise ValueError("test sets must not repeat")
+        return list(v)
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
@@ -199,6 +219,10 @@ class StudyParams(BaseModel):
 
     @model_validator(mode="after")
     def _cross(self) -> StudyParams:
+        if (self.decide_by.checkpoint == "early_stop" and self.early_stop_sets != "all"
+                and "HOMO" not in self.early_stop_sets):
+            raise ValueError("decide_by.checkpoint early_stop needs HOMO in early_stop_sets (the primary contrast "
+                             f"is read on HOMO; early_stop_sets is {self.early_stop_sets})")
         late = [e for e in self.eval_epochs if e > self.epochs]
         if late:
             raise ValueError(f"eval_epochs {late} are later than the last epoch (epochs: {self.epochs:g}); "

@@ -55,6 +55,7 @@ FIRST_USED_BY = {
                      "lr_scheduler", "min_lr_ratio", "cpu_bf16",
                      "learning_rate", "warmup_ratio", "max_length", "batch_size", "grad_accum", "shard_index",
                      "num_shards"], "03"),
+    "early_stop_sets": "04",
     **dict.fromkeys(["n_boot", "verdict_method"], "05"),
 }
 

@@ -159,6 +159,17 @@ def eval_targets(P, paths: RunPaths, cell: Cell) -> list[tuple[float, Path, bool
     return [*targets, (last, out / name, not has_early, True)]
 
 
+def checkpoint_tests(P, tests: dict[str, list[MCQ]], early: bool, final: bool) -> dict[str, list[MCQ]]:
+    """The test sets one checkpoint is scored on: every set at convergence (the final weights, also when they serve
+    as the early-stop reading) and at an `eval_epochs` checkpoint; the early-stop checkpoint on `early_stop_sets`
+    ("all", or a stated subset: what the decision needs). Its own facts are scored at every checkpoint, and the
+    calibrated scores come from the same pass as the raw ones."""
+    chosen = P.early_stop_sets
+    if final or not early or chosen == "all":
+        return tests
+    return {t: qs for t, qs in tests.items() if t in chosen}
+
+
 def fit_sets(P, paths: RunPaths, cell: Cell) -> dict[tuple[str, int], list[dict]]:
     """{(condition, replicate): items} whose fit this model is scored on: a trained cell its own training facts; a
     control (no_ift: every replicate, general_only: its own) the facts of every trained condition, so each cell's
@@ -325,8 +336,8 @@ def evaluate_all(P, paths: RunPaths, cells: list[Cell]) -> Evaluation:
                             cell.key, epoch, folder)
                 continue
             model = _load_full(folder, device_of(P)) if swapper is None else swapper.activate(folder)
-            r, a, f = score_cell(model, tok, cell, P, paths, tests[cell.domain], base_probe, epoch,
-                                 {"trained": trained}, "" if final else f".epoch{epoch:g}")
+            r, a, f = score_cell(model, tok, cell, P, paths, checkpoint_tests(P, tests[cell.domain], early, final),
+                                 base_probe, epoch, {"trained": trained}, "" if final else f".epoch{epoch:g}")
             marks = {"early_stop": early, "final": final}
             rows += [{**row, **marks} for row in r]
             answers.append(a.assign(**marks))
