@@ -1,6 +1,7 @@
 """Which test sets the early-stop checkpoint is scored on (`early_stop_sets`): validated by name, all of them in
 the default study, HOMO only in the powered one; the convergence checkpoint is always scored on every set."""
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -43,3 +44,24 @@ def test_an_early_stop_decision_needs_homo_scored_at_early_stop():
     ok = load_params("params/power.yaml", {"decide_by": {"score": "raw", "checkpoint": "early_stop"},
                                            "early_stop_sets": ["HOMO", "ID"]})
     assert ok.early_stop_sets == ["HOMO", "ID"]
+
+
+def test_the_verdict_reads_an_early_stop_scored_on_homo_only():
+    """Answers as stage 04 writes them with early_stop_sets [HOMO]: convergence on HOMO and ID, early stop on HOMO
+    alone. Every reading is computed; at early stop the ID rows are absent, not wrong."""
+    from ift_utils.power import simulate_answers
+    from ift_utils.verdict import sensitivity_verdicts
+
+    a = simulate_answers({"harmonious": 1.5, "self_aligning": 0.0}, n_domains=2, n_replicates=2, n_questions=30,
+                         test_sets=("HOMO", "ID"), seed=3)
+    a["correct_cal"] = a["correct"]
+    early = a[a["test_set"] == "HOMO"].assign(early_stop=True, final=False)
+    both = pd.concat([a.assign(early_stop=False, final=True), early], ignore_index=True)
+    ev = (both.groupby(["model", "domain", "condition", "group", "ratio", "seed", "epoch", "test_set", "early_stop",
+                        "final"], dropna=False).agg(ft_acc=("correct", "mean")).reset_index())
+    table = ev.assign(base_acc=0.5, kl=0.3, rank_corr=0.5)
+    long = sensitivity_verdicts(table, both, {"score": "raw", "checkpoint": "convergence"}, n_boot=100)
+    claims = long[long["kind"] == "claim"]
+    conv = set(claims.loc[claims["checkpoint"] == "convergence", "test_set"])
+    es = set(claims.loc[claims["checkpoint"] == "early_stop", "test_set"])
+    assert {"HOMO", "ID"} <= conv and "HOMO" in es and "ID" not in es

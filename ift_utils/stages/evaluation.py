@@ -299,8 +299,8 @@ def _load_full(folder: Path, device: str):
 
 
 def evaluate_all(P, paths: RunPaths, cells: list[Cell]) -> Evaluation:
-    """Score the no_ift control and every finished cell (at each kept epoch) on its domain's HOMO/ID/OOD sets
-    and on its own training questions.
+    """Score the no_ift control and every finished cell (at each kept epoch) on its domain's HOMO/ID/OOD/XD sets
+    (the early-stop checkpoint on `early_stop_sets` only: `checkpoint_tests`) and on its own training questions.
 
     The base network is loaded once as training used it; LoRA/QLoRA adapters are swapped on it, full fine-tunes
     are loaded one by one. The no_ift control is that same network with no adapter, scored first."""
