@@ -37,7 +37,30 @@ def bench_matmul(model, sizes: Sizes) -> tuple[list[Row], float]:
               f"512×{inter}×{hidden} (MLP down)": (512, inter, hidden)}
     rates = {name: matmul_flops(*s, sizes.matmul_seconds) for name, s in shapes.items()}
     rows = [Row("limit", f"torch matmul fp32 {name}", r / 1e9, None, "GFLOP/s") for name, r in rates.items()]
+    rows += bf16_rows(sizes.matmul_seconds, rates["1024×1024×1024"])
     return rows, max(rates.values())
+
+
+def bf16_rows(min_seconds: float, fp32_square: float) -> list[Row]:
+    """The CPU's bf16 units and torch's bf16 matmul rate against fp32's (without bf16 units bf16 is emulated and
+    far slower: a 512³ product then, to keep the measurement short)."""
+    from ift_utils.training import cpu_bf16_kind
+
+    kind = cpu_bf16_kind()
+    n = 1024 if kind != "none" else 512
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        a @ b
+        reps, t0 = 0, time.perf_counter()
+        while True:
+            a @ b
+            reps += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= min(min_seconds, 1.0):
+                break
+    rate = 2.0 * n**3 * reps / elapsed
+    return [Row("limit", f"torch matmul bf16 {n}³ vs fp32 1024³", rate / 1e9, fp32_square / 1e9, "GFLOP/s",
+                f"CPU bf16 units: {kind} (AVX-512 BF16, AMX or none; /proc/cpuinfo)")]
 
 
 def flops_rows(n_params: int, peak: float, probing: dict | None, training: dict | None) -> list[Row]:

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         got = section("training", lambda: bench_training_rows(
             model=args.model, n_examples=8 if args.quick else 72, batch_size=4 if args.quick else 8,
             threads=args.threads or torch.get_num_threads(), full=not args.quick, grad_checks=1 if args.quick else 3,
-            noise_reference=not args.quick))
+            noise_reference=not args.quick, compiled=not args.quick))  # quick: no compile (its own test compiles)
         rows += [Row(r["section"], r["measure"], r["ours"], _number(r.get("baseline")), r.get("unit", ""),
                      r.get("note", "")) for r in got]
     if "memory" in args.only:

@@ -134,10 +134,10 @@ class StudyParams(BaseModel):
                                                    "in bf16, adapter weights and base + update sums in fp32; full "
                                                    "FT: fp32 master weights); auto = where the CPU has bf16 units "
                                                    "(AVX-512 BF16, AMX)")
-    compile: Literal["auto", "on", "off"] = Field("off", description="decoder layers compiled by inductor in "
-                                                   "training and scoring (regional compilation; the compiled code "
-                                                   "is cached under $IFT_CACHE/inductor); auto = dense LoRA and full "
-                                                   "FT (not qlora, not gradient checkpointing); off = eager")
+    compile: Literal["auto", "on", "off"] = Field("off", description="training's decoder layers compiled by "
+                                                   "inductor (regional compilation, cached under $IFT_CACHE/inductor;"
+                                                   " the batch's shared prefix is then off); auto = dense LoRA and "
+                                                   "full FT (not qlora, not gradient checkpointing); off = eager")
     warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
     max_length: int = Field(160, ge=8, le=32768)
     batch_size: int = Field(8, ge=1, le=4096)

@@ -14,10 +14,14 @@ from ift_utils.training import (
     FastDropout,
     ModelKeeper,
     TrainConfig,
+    compile_layers,
     compiled_graphs,
     config_fingerprint_fields,
+    decoder_layers,
     dropout_masks,
     graph_breaks,
+    load_base,
+    prefix_sharing_ok,
     train_adapter,
 )
 
@@ -63,6 +67,16 @@ def test_compile_switch_and_fingerprint() -> None:
     assert "compile" not in config_fingerprint_fields(on, False, "hash")
 
 
+def test_compiled_layers_turn_the_shared_prefix_off(tiny_dir: str) -> None:
+    """A compiled layer taking the key/value cache compiles once per layer index, so compiled runs do not share
+    the prefix (marking the layers compiled costs nothing until they are called)."""
+    model = load_base(tiny_dir, "lora", device="cpu")
+    assert prefix_sharing_ok(model, TrainConfig(), 1)[0]
+    assert compile_layers(model) == len(decoder_layers(model)) > 0
+    ok, why = prefix_sharing_ok(model, TrainConfig(), 1)
+    assert not ok and "compiled" in why
+
+
 def test_kept_model_trains_a_cell_as_a_fresh_build_does(tiny_dir: str, tmp_path: Path) -> None:
     """A cell trained on the kept model after another cell equals the same cell trained alone (same losses and
     adapter), with dropout on; the base model is built once."""
@@ -89,7 +103,7 @@ def test_compiled_training_gives_eagers_losses_without_breaks_or_per_batch_recom
     breaks0, graphs0 = graph_breaks(), compiled_graphs()
     keeper = ModelKeeper()
     compiled = train_adapter(tiny_dir, examples(), cfg, tmp_path / "compiled", progress=False, keeper=keeper)
-    assert compiled.compiled and graph_breaks() == breaks0
+    assert compiled.compiled and not compiled.shared_prefix and graph_breaks() == breaks0
     assert 0 < compiled.compiled_graphs == compiled_graphs() - graphs0 <= 8
     again = train_adapter(tiny_dir, examples(" (again)"), cfg, tmp_path / "again", progress=False, keeper=keeper)
     assert again.compiled_graphs == 0 and keeper.builds == 1

@@ -79,17 +79,9 @@ def load_study_base(P):
     model = load_base(path, method, bf16=device == "cuda", device=device)
     model.config.use_cache = True  # load_base turns the cache off for training; scoring and generation need it
     model.eval()
-    if scoring_compiled(P):
-        from ift_utils.training import compile_layers
-
-        compile_layers(model)  # adapters swapped in later are traced in at their first call (one recompile)
+    # Scoring stays eager whatever `compile` says: it runs on a shared-prefix key/value cache, which a compiled
+    # layer takes per layer index (one graph per layer, past torch's recompile limit): see ift_utils/probing.py.
     return model, tok, precision_of(P)
-
-
-def scoring_compiled(P) -> bool:
-    """Whether stages 01 and 04 score with compiled decoder layers: `compile` on, or auto for dense models (4-bit
-    bitsandbytes layers are not traced)."""
-    return P.compile == "on" or (P.compile == "auto" and train_method(P) != "qlora")
 
 
 def precision_of(P) -> str:

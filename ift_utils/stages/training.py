@@ -110,7 +110,7 @@ def fit_monitor(P, paths: RunPaths, cell: Cell, tok):
 def train_cell(P, paths: RunPaths, cell: Cell, model_path: str, tok=None) -> dict:
     """Train one cell (skipped when finished with the same data and config; a stale result is redone): to fit with
     `fit_target`, else for a fixed number of epochs. `tok` is needed to score fit (loaded when not given)."""
-    from ift_utils.training import TrainResult, train_adapter
+    from ift_utils.training import TrainResult, cpu_bf16_kind, train_adapter
 
     examples = read_jsonl(cell_data(paths, cell))
     dose = dose_epochs(P, paths, cell)
@@ -127,6 +127,7 @@ def train_cell(P, paths: RunPaths, cell: Cell, model_path: str, tok=None) -> dic
     prune_checkpoints(P, paths, cell, early)
     return {"cell": cell.key, "domain": cell.domain, "condition": cell.condition, "group": cell.group,
             "ratio": cell.ratio, "seed": cell.seed, "method": cfg.method, "precision": res.precision,
+            "compile": cfg.compile, "cpu_bf16_kind": cpu_bf16_kind(),  # in the stage summary, so the manifest
             "compiled": res.compiled, "compiled_graphs": res.compiled_graphs,
             "first_step_seconds": res.first_step_seconds,
             "examples": res.n_examples, "epochs": res.epochs_completed, "stop": res.stop_reason,

@@ -7,6 +7,7 @@ from torch import nn
 
 from ift_utils.training.build import _inner
 from ift_utils.training.config import IGNORE, TrainConfig
+from ift_utils.training.precision import decoder_layers
 
 PREFIX_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # plain DynamicCache decoders, checked equal
 MIN_SHARED_PREFIX = 4  # shorter common prefixes are not worth a second forward call
@@ -85,7 +86,8 @@ def response_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
 
 def prefix_sharing_ok(model: nn.Module, cfg: TrainConfig, world: int) -> tuple[bool, str]:
     """Whether a run may share the batch's common prefix, and why not: only single-process runs without
-    gradient checkpointing (which drops the cache) on decoders whose cache was checked (PREFIX_MODEL_TYPES)."""
+    gradient checkpointing (which drops the cache) and without compiled layers, on decoders whose cache was
+    checked (PREFIX_MODEL_TYPES)."""
     if not cfg.shared_prefix:
         return False, "off in the config"
     if not cfg.response_only_logits:
@@ -94,6 +96,10 @@ def prefix_sharing_ok(model: nn.Module, cfg: TrainConfig, world: int) -> tuple[b
         return False, "gradient checkpointing does not keep a key/value cache"
     if world > 1:
         return False, "not checked under DDP (several processes)"
+    if any(getattr(layer, "_compiled_call_impl", None) is not None for layer in decoder_layers(model)):
+        # the key/value cache indexes its layers by each layer's constant layer_idx, so a compiled layer that
+        # takes the cache is compiled once per layer index: past torch's recompile limit (8) the rest run eager
+        return False, "compiled layers (a key/value cache would compile one graph per layer)"
     model_type = getattr(_inner(model).config, "model_type", "")
     if model_type not in PREFIX_MODEL_TYPES:
         return False, f"model type {model_type!r} not among the checked {PREFIX_MODEL_TYPES}"
