@@ -154,6 +154,9 @@ def claim4_reading(claim4: pd.DataFrame) -> str:
         return "Claim 4 could not be tested (no ratio cells with consistency): nothing to read here."
     bits = []
     for _, r in claim4.iterrows():
+        if _num(r["r"]) == "–":
+            bits.append(f"{r['test_set']} not testable ({r.get('n', '–')} ratio cells leave no degrees of freedom)")
+            continue
         ci = f" [{_num(r.get('lo'))}, {_num(r.get('hi'))}]" if "lo" in claim4 else ""
         bits.append(f"{r['test_set']} r {_num(r['r'])}{ci} (p {_num(r['p'], '.2g')}, n {r.get('n', '–')})")
     return ("Partial rank correlation of consistency with accuracy: " + "; ".join(bits) + ". These p are "

@@ -72,6 +72,8 @@ def test_consistency_dose_claim4_and_power_readings():
     assert "known_fit: +2.1" in narration.dose_reading(dose)
     c4 = pd.DataFrame({"test_set": ["HOMO"], "r": [0.9], "lo": [0.45], "hi": [0.99], "p": [0.012], "n": [12]})
     assert "HOMO r 0.90 [0.45, 0.99] (p 0.012, n 12)" in narration.claim4_reading(c4)
+    few = c4.assign(r=np.nan, lo=np.nan, hi=np.nan, p=np.nan, n=2)
+    assert "HOMO not testable (2 ratio cells" in narration.claim4_reading(few)
     plan = pd.DataFrame({"claim": ["H", "H"], "test_set": ["HOMO", "ID"], "mde_this_design": [11.8, 9.0]})
     assert "detects 11.8 points" in narration.power_reading(plan, "H", paper=11.27)
     assert "too small" in narration.power_reading(plan, "H", paper=11.27)
