@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -152,9 +152,14 @@ class StudyParams(BaseModel):
     # analysis
     n_boot: int = Field(2000, ge=100, le=1_000_000)
     verdict_method: Literal["bootstrap", "glmm"] = Field(
-        "bootstrap", description="question-level model behind the verdict's intervals: a bootstrap resampling "
-                                 "training runs and questions together, or a binomial GLMM (random intercepts "
-                                 "for question and run)")
+        "bootstrap", description="'bootstrap' (default): the crossed replicate × question-cluster SE from ANOVA "
+                                 "components (Satterthwaite df), with a bootstrap over replicates and question "
+                                 "clusters (n_boot) beside it as a check; 'glmm': a binomial GLMM (random intercepts "
+                                 "for question and run, no group × question effect)")
+    power_designs: list[Annotated[list[int], Field(min_length=3, max_length=3)]] = Field(
+        default_factory=lambda: [[2, 4, 100], [3, 3, 300], [3, 3, 1500]],
+        description="designs [domains, replicates, questions a test set] whose minimum detectable effect notebook "
+                    "05 predicts from this run's variance components")
     decide_by: DecideBy = Field(default_factory=DecideBy, description="the scoring and checkpoint whose verdict "
                                 "decides (score: raw|calibrated, checkpoint: convergence|early_stop); every other "
                                 "reading is a sensitivity analysis")

@@ -49,7 +49,7 @@ from .correlation import (
     ordered_unique,
 )
 
-# Headline numbers of the paper (DESIGN.md §1), accuracy points.
+# Headline numbers of the paper (docs/design.md §1), accuracy points.
 PAPER_HARMONIOUS_MINUS_INCOMPATIBLE = {"HOMO": 11.27, "ID": 14.58, "OOD": 14.57}
 PAPER_SELF_ALIGNING_MINUS_INCOMPATIBLE = {"HOMO": 5.25, "ID": 9.78, "OOD": 6.97}
 PAPER_CONTEXTUALIZED_PER_MODEL = {"LLaMA-2-7B": 8.16, "LLaMA-2-13B": 9.48, "Mistral-7B": 3.98}

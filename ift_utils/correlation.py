@@ -1,7 +1,7 @@
 """Claim 4 (consistency predicts accuracy), the paper's Fig. 3 regression, the consistency tables, and the table
 helpers every statistics module shares (this module imports no other statistics module: arrows point down).
 
-* **The paper's statistic** (DESIGN §1.5, the original ``eval/analyse/partial_correlation.py``): rank x, y and the
+* **The paper's statistic** (docs/design.md §1.5; the original ``eval/analyse/partial_correlation.py``): rank x, y and the
   covariate (average ranks for ties), OLS-regress the x-rank and the y-rank on the covariate rank with a constant,
   then correlate the residuals with Spearman (``residual_method="spearman"``, p from ``scipy.stats.spearmanr``,
   n - 2 df) or Pearson (the textbook partial correlation, n - 3 df). Here the covariate, base accuracy, is one

@@ -58,7 +58,7 @@ SCORE_NAMES = {"raw": "raw", "calibrated": "calibrated (content-free PMI)",
 CHECKPOINTS = {"convergence": "final", "early_stop": "early_stop"}  # checkpoint -> answers/eval column
 DECIDES = "decides"
 SENSITIVITY = "sensitivity (decides nothing)"
-PAPER_MODELS = {  # the models behind each paper number (DESIGN.md §1)
+PAPER_MODELS = {  # the models behind each paper number (docs/design.md §1)
     CLAIM_HARMONIOUS: "7B-13B models (LLaMA-2-7B/13B, Mistral-7B)",
     CLAIM_SELF_ALIGNING: "7B-13B models (LLaMA-2-7B/13B, Mistral-7B)",
     CLAIM_CONTEXTUALIZED: "mean of " + ", ".join(PAPER_CONTEXTUALIZED_PER_MODEL),

@@ -188,3 +188,18 @@ def power_reading(plan: pd.DataFrame, claim: str, test_set: str = "HOMO", paper:
         versus = (f"; the paper's effect is {paper:+.2f}, so this design " +
                   ("could detect it" if mde <= abs(paper) else "is too small to detect it reliably"))
     return f"{claim} on {test_set}: this design detects {mde:.1f} points with 80 % power{versus}."
+
+
+def paper_test_reading(vs_paper: pd.DataFrame, primary: str) -> str:
+    """Notebook 05: how many claim rows read supported / contradicted / smaller than the paper's / inconclusive, and
+    the reading of the primary row (claim `primary` on HOMO)."""
+    if vs_paper is None or vs_paper.empty or "reading_vs_paper" not in vs_paper.columns:
+        return "No test against the paper's effect (no claim rows with a paper value): nothing to read here."
+    rows = vs_paper[vs_paper["reading_vs_paper"].fillna("") != ""]
+    if rows.empty:
+        return "No claim row has a paper value to test against."
+    labels = rows["reading_vs_paper"].str.split(":").str[0]
+    counts = ", ".join(f"{n} {label}" for label, n in labels.value_counts().items())
+    first = rows[(rows["test_set"] == "HOMO") & (rows["claim"] == primary)]
+    lead = f"Primary ({primary} on HOMO): {first['reading_vs_paper'].iloc[0]}. " if len(first) else ""
+    return f"{lead}Against the paper's effect, {len(rows)} claim rows read: {counts}."

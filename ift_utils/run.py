@@ -52,11 +52,11 @@ FIRST_USED_BY = {
                      "explanation_max_new_tokens", "explanation_temperature", "explanation_top_p"], "02"),
     # train_method is read from stage 01 on: the base network is probed in the precision training uses
     **dict.fromkeys(["seeds", "chat_template", "lora_r", "lora_alpha", "lora_dropout", "epochs", "eval_epochs", "fit_target",
-                     "lr_scheduler", "min_lr_ratio", "cpu_bf16",
+                     "lr_scheduler", "min_lr_ratio", "cpu_bf16", "compile",
                      "learning_rate", "warmup_ratio", "max_length", "batch_size", "grad_accum", "shard_index",
                      "num_shards"], "03"),
     "early_stop_sets": "04",
-    **dict.fromkeys(["n_boot", "verdict_method"], "05"),
+    **dict.fromkeys(["n_boot", "verdict_method", "decide_by", "power_designs"], "05"),
 }
 
 

@@ -119,3 +119,16 @@ def test_notebooks_are_stored_bare_with_literal_parameters_and_no_time_estimates
         prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
         assert not re.search(r"\b\d+(\s*[-–]\s*\d+)?\s*(minutes?|min|seconds?|hours?)\b", prose), path.name
         assert "narration.stage_times(paths.root" in "\n".join(c.source for c in code), path.name
+
+
+def test_paper_test_reading_counts_readings_and_quotes_the_primary():
+    h, s = "harmonious > incompatible", "self-aligning > incompatible"
+    vs = pd.DataFrame({"claim": [h, h, s],
+                       "test_set": ["HOMO", "ID", "HOMO"],
+                       "reading_vs_paper": ["smaller than the paper's: +1.0 [-2.0, 4.0] ...",
+                                            "inconclusive: -1.0 [-9.0, 12.0] ...",
+                                            "smaller than the paper's: 0.5 [-1.0, 2.0] ..."]})
+    text = narration.paper_test_reading(vs, h)
+    assert text.startswith("Primary (harmonious > incompatible on HOMO): smaller than the paper's: +1.0 [-2.0, 4.0]")
+    assert "3 claim rows read: 2 smaller than the paper's, 1 inconclusive." in text
+    assert "nothing to read" in narration.paper_test_reading(pd.DataFrame(), h)
