@@ -535,8 +535,11 @@ def prediction(P: StudyParams) -> str:
     except (KeyError, ValueError, TypeError, AttributeError) as e:  # a plan must never stop a run
         return f"prediction: not available ({type(e).__name__}: {e})"
     clusters = f", {p['clusters']:.0f} answer clusters a domain" if p["clusters"] else ""
-    return (f"prediction: primary MDE {p['mde']:.1f} points (harmonious − incompatible on HOMO; {p['D']} domains × "
-            f"{p['R']} replicates × {p['Q']} questions{clusters}); wall time {duration(p['total_s'])} on the reference "
+    def n(k: int, word: str) -> str:
+        return f"{k} {word}" + ("s" if k != 1 else "")
+
+    return (f"prediction: primary MDE {p['mde']:.1f} points (harmonious − incompatible on HOMO; {n(p['D'], 'domain')} × "
+            f"{n(p['R'], 'replicate')} × {n(p['Q'], 'question')}{clusters}); wall time {duration(p['total_s'])} on the reference "
             f"machine (probe {duration(p['probe_s'])}, training {duration(p['training_s'])}, evaluation "
             f"{duration(p['evaluation_s'])}, analysis {duration(p['analysis_s'])})"
             + ("" if p["same_model"] else "; the costs are smollm2-135m-instruct's"))
