@@ -3,7 +3,8 @@
 
 Against the paper (``paper_reading``), with Δ_paper the paper's number taken as fixed:
 *supported* (the decision rule finds the difference above 0), *contradicted* (below 0), *smaller than the paper's*
-(the one-sided test of Δ ≥ Δ_paper rejects after Holm over its own family, and 0 is inside the interval),
+(the one-sided test of Δ ≥ Δ_paper rejects after Holm over its own family, and the rule does not decide the row
+against 0: 0 is inside the interval, or the interval leaves 0 out but Holm or the primary's gate holds it),
 *inconclusive* (0 and Δ_paper both inside the interval, or neither test rejects). A supported row whose test
 against the paper also rejects reads "supported, smaller than the paper's".
 """
@@ -106,8 +107,10 @@ def paper_reading(row: Mapping[str, Any], alpha: float) -> tuple[str, str]:
     if decided in ("supported", "contradicted"):
         label = "supported, smaller than the paper's" if decided == "supported" and below else decided
         return label, f"{label}: {interval}, adjusted p = {fmt_p(p_adj)}; {vs}; {who}"
-    if below and lo <= 0 <= hi:
-        return "smaller than the paper's", (f"smaller than the paper's: {interval} holds 0 and lies below {who}; "
+    if below:
+        where = ("holds 0" if lo <= 0 <= hi else
+                 "leaves out 0 but is not decided by the rule (Holm or the primary's gate)")
+        return "smaller than the paper's", (f"smaller than the paper's: {interval} {where} and lies below {who}; "
                                             f"{vs}; adjusted p against 0 = {fmt_p(p_adj)}")
     return "inconclusive", (f"inconclusive: {interval}{' holds both 0 and the paper' if lo <= paper <= hi else ''}"
                             f"; adjusted p against 0 = {fmt_p(p_adj)}; {vs}; {who}")

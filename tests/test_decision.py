@@ -121,3 +121,19 @@ def test_against_the_paper_four_readings_by_hand():
     text = v.loc[(CLAIM_SELF_ALIGNING, "HOMO"), "reading_vs_paper"]
     assert "+2.0 points [-1.9, 5.9]" in text and "Holm-adjusted < 0.001" in text and "7B-13B" in text
     assert "holds both 0 and the paper" in v.loc[(CLAIM_SELF_ALIGNING, "ID"), "reading_vs_paper"]
+
+
+def test_against_the_paper_a_row_held_by_the_gate_reads_smaller_not_inconclusive():
+    """Paper +10. The primary H − I HOMO +1, SE 2 ([−2.9, 4.9], p 0.62) does not pass, so the gate holds every other
+    row. S − I ID +3, SE 1 has an unadjusted interval [1.04, 4.96] that leaves 0 out (p 0.0027) but is not decided;
+    against the paper z = (3 − 10)/1 = −7, p ≈ 1e-12, so it reads "smaller than the paper's", not "inconclusive"."""
+    spec = {(CLAIM_HARMONIOUS, "HOMO"): (1.0, 2.0), (CLAIM_SELF_ALIGNING, "ID"): (3.0, 1.0)}
+    rows = [{"claim": c, "kind": "claim", "test_set": ts, "ours": e, "lo": e - 1.96 * s, "hi": e + 1.96 * s,
+             "p": float(2 * stats.norm.sf(abs(e) / s)), "se": s, "df": 1e9, "paper": 10.0, "n_replicates": 4,
+             "_detail": ""} for (c, ts), (e, s) in spec.items()]
+    v = adjust(pd.DataFrame(rows)).set_index(["claim", "test_set"])
+    row = v.loc[(CLAIM_SELF_ALIGNING, "ID")]
+    assert row["decision"] == "not supported" and row["lo"] > 0
+    assert row["vs_paper"] == "smaller than the paper's"
+    assert "leaves out 0" in row["reading_vs_paper"] and "+3.0 points [1.0, 5.0]" in row["reading_vs_paper"]
+    assert v.loc[(CLAIM_HARMONIOUS, "HOMO"), "vs_paper"] == "smaller than the paper's"
