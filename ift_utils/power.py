@@ -51,41 +51,101 @@ def variance_components(blocks: Sequence[Block]) -> dict[str, float]:
             "var_residual": resid, "replicates": r_bar, "questions": q_bar, "blocks": len(sizes)}
 
 
-def predict_mde(
+def cluster_covariance(blocks: Sequence[Block]) -> dict[str, float]:
+    """The covariance of two different questions' paired differences when they share a cluster (a gold answer or
+    an entity: the answer prior a group's training moved), moment estimates pooled over blocks from each
+    replicate's differences less its mean: `cov_cluster`, the part every training run shares (cross-products of
+    two replicates), and `cov_cluster_run`, the part each run has of its own (cross-products within a replicate,
+    less the shared part), so a question mean over R replicates carries cov_cluster + cov_cluster_run / R. With one
+    replicate the two cannot be told apart and all of it is counted as shared (an upper bound). 0 where no two
+    questions share a cluster. `cluster_share` is the blocks' mean Σ_c (n_c / Q)² (1/share: effective clusters)."""
+    within = across = 0.0
+    pairs_w = pairs_a = 0
+    shares = []
+    for b in blocks:
+        if not b.clusters:
+            continue
+        d = b.diff - b.diff.mean(axis=1, keepdims=True)
+        r, q = d.shape
+        idx: dict[str, list[int]] = {}
+        for i, key in enumerate(b.clusters):
+            idx.setdefault(key, []).append(i)
+        shares.append(sum(len(v) ** 2 for v in idx.values()) / (q * q))
+        for cols in idx.values():
+            n = len(cols)
+            if n < 2:
+                continue
+            sub = d[:, cols]
+            per_rep, sq = sub.sum(axis=1), sub**2
+            within += float((per_rep**2).sum() - sq.sum())
+            pairs_w += r * (n * n - n)
+            if r > 1:  # Σ over r ≠ s and i ≠ j of sub[r, i] × sub[s, j]
+                col = sub.sum(axis=0)
+                across += float(per_rep.sum() ** 2 - (per_rep**2).sum() - ((col**2).sum() - sq.sum()))
+                pairs_a += r * (r - 1) * (n * n - n)
+    share = float(np.mean(shares)) if shares else float("nan")
+    if not pairs_w:
+        return {"cov_cluster": 0.0, "cov_cluster_run": 0.0, "cluster_share": share}
+    w = within / pairs_w
+    if not pairs_a:
+        return {"cov_cluster": w, "cov_cluster_run": 0.0, "cluster_share": share}
+    a = across / pairs_a
+    return {"cov_cluster": a, "cov_cluster_run": w - a, "cluster_share": share}
+
+
+def predict_se(
     components: Mapping[str, float], n_domains: int, n_replicates: int, n_questions: int,
-    alpha: float = 0.05, power: float = 0.80, n_clusters: int | None = None,
-) -> float:
-    """Minimum detectable difference (points) of one contrast on one test set for a planned design of K domains ×
-    R replicates × Q questions: (t_{1-alpha/2} + t_power) × SE with Satterthwaite's df, as the verdict uses; with
-    `n_clusters` (question clusters per domain: questions joined by entity or gold answer) the question part has
-    K × (clusters − 1) df, as the verdict counts it."""
+    n_clusters: int | None = None, cluster_share: float | None = None,
+) -> tuple[float, float]:
+    """(SE in points, Satterthwaite df) of one contrast on one test set for a planned design of K domains × R
+    replicates × Q questions, as the verdict computes them: a replicate part with K × (R − 1) df and a question part
+    with K × (Q − 1) df, or K × (clusters − 1) with `n_clusters` (question clusters a domain: questions joined by
+    entity or gold answer). With `cluster_share` S = Σ_c (n_c/Q)² (the domains' mean) and the components' cluster
+    covariance (`cluster_covariance`: cov_cluster + cov_cluster_run / R), questions sharing a cluster add that
+    covariance × (S − 1/Q) a domain: a part more questions do not shrink, only more domains, replicates (its per-run
+    part) or more even clusters."""
     for name, v in (("n_domains", n_domains), ("n_replicates", n_replicates), ("n_questions", n_questions)):
         if v < 1:
             raise ValueError(f"{name} must be at least 1, got {v}")
     k, r, q = n_domains, n_replicates, n_questions
     v_rep = components["var_replicate"] / r / k
-    v_q = (components["var_question"] / q + components["var_residual"] / (q * r)) / k
+    cov = components.get("cov_cluster", 0.0) + components.get("cov_cluster_run", 0.0) / r
+    shared = cov * max(0.0, cluster_share - 1 / q) if cluster_share else 0.0
+    v_q = (components["var_question"] / q + components["var_residual"] / (q * r) + max(shared, 0.0)) / k
     parts = [(v_rep, k * (r - 1)), (v_q, k * (min(q, n_clusters or q) - 1))]
     var = v_rep + v_q
     denom = sum(v * v / d for v, d in parts if d > 0 and v > 0)
     dof = max(var * var / denom, 1.0) if denom > 0 else 1.0
-    mult = stats.t.ppf(1 - alpha / 2, dof) + stats.t.ppf(power, dof)
-    return float(100 * mult * math.sqrt(var))
+    return float(100 * math.sqrt(var)), float(dof)
+
+
+def predict_mde(
+    components: Mapping[str, float], n_domains: int, n_replicates: int, n_questions: int,
+    alpha: float = 0.05, power: float = 0.80, n_clusters: int | None = None, cluster_share: float | None = None,
+) -> float:
+    """Minimum detectable difference (points) of one contrast on one test set for a planned design:
+    (t_{1-alpha/2} + t_power) × SE with the SE and Satterthwaite df of `predict_se`, as the verdict uses them."""
+    se, dof = predict_se(components, n_domains, n_replicates, n_questions, n_clusters, cluster_share)
+    return float((stats.t.ppf(1 - alpha / 2, dof) + stats.t.ppf(power, dof)) * se)
 
 
 def power_table(answers: pd.DataFrame, contrasts: Sequence[Contrast] = CONTRASTS[:3],
                 score: str = "correct") -> pd.DataFrame:
-    """Measured variance components per contrast and test set, the MDE of the run's own design, and the design
-    sizes to plan with (feed a row to predict_mde)."""
+    """Measured variance components per contrast and test set (with the covariance of questions that share a
+    cluster and the clusters' share), the MDE of the run's own design, and the design sizes to plan with (feed a
+    row to predict_mde)."""
     data, _ = clean_answers(answers, score)
     rows: list[dict[str, Any]] = []
     for c in contrasts:
         blocks = contrast_blocks(data, c.group, c.versus)
         for ts in ordered_unique(pd.Series([b.test_set for b in blocks], dtype=object)):
             sub = [b for b in blocks if b.test_set == ts]
-            comp = variance_components(sub)
+            comp = {**variance_components(sub), **cluster_covariance(sub)}
             n_dom = len({(b.model, b.domain) for b in sub})
-            mde = predict_mde(comp, n_dom, max(1, round(comp["replicates"])), max(1, round(comp["questions"])))
+            n_clusters = float(np.mean([len(set(b.clusters)) for b in sub])) if all(b.clusters for b in sub) else None
+            mde = predict_mde(comp, n_dom, max(1, round(comp["replicates"])), max(1, round(comp["questions"])),
+                              n_clusters=round(n_clusters) if n_clusters else None,
+                              cluster_share=comp["cluster_share"])
             rows.append({"claim": c.claim, "test_set": ts, **comp, "domains": n_dom, "mde_this_design": mde})
     return pd.DataFrame(rows)
 
@@ -232,6 +292,14 @@ GOLD_ANSWERS = {  # distinct gold answers among the first Q HOMO test questions 
 """A HOMO question's cluster joins its entity and its gold answer, so a domain's question df is counted in gold
 answers (the verdict's `n_clusters`), not questions: 24-110 a domain, however many questions. `tests/test_power.py`
 rebuilds this table from the facts suite."""
+GOLD_SHARE = {  # Σ_c (n_c / Q)² over the gold answers of the first Q HOMO test questions (facts suite, data_seed 0)
+    "city_country": {100: 0.0510, 300: 0.0551, 600: 0.0618, 1000: 0.0604, 1500: 0.0640},
+    "us_city_state": {100: 0.0644, 300: 0.0585, 600: 0.0520, 1000: 0.0526, 1500: 0.0547},
+    "europe_city_country": {100: 0.1072, 300: 0.0898, 600: 0.0879, 1000: 0.0877, 1500: 0.0846},
+}
+"""How unevenly a domain's HOMO questions fall into gold answers (India 286 of 1500 cities, California 233,
+Germany 274): 1/share is the effective number of clusters, 12-20 a domain at any Q. `tests/test_power.py` rebuilds
+it from the facts suite."""
 EARLY_STOP_ALL = "all"
 TEST_SETS = ("HOMO", "ID", "OOD", "XD")
 
@@ -282,6 +350,18 @@ class Design:
         sets = tuple(self.set_sizes())
         return sets if self.early_stop_sets == EARLY_STOP_ALL else tuple(s for s in sets if s in self.early_stop_sets)
 
+    def cluster_share(self) -> float | None:
+        """The domains' mean Σ_c (n_c / Q)² of HOMO gold answers (at the largest tabulated Q not above n_test);
+        None where a domain is not tabulated."""
+        found = []
+        for d in self.domains:
+            table = GOLD_SHARE.get(d)
+            if not table:
+                return None
+            below = [q for q in table if q <= self.n_test]
+            found.append(table[max(below)] if below else table[min(table)])
+        return float(np.mean(found))
+
     def clusters(self) -> float | None:
         """Mean question clusters a domain (None: questions are their own clusters)."""
         found = [gold_clusters(d, self.n_test) for d in self.domains]
@@ -324,9 +404,9 @@ def design_cost(
 def design_mde(design: Design, components: Mapping[str, float] = H_MINUS_I_HOMO, alpha: float = 0.05,
                power: float = 0.80) -> float:
     """The primary contrast's predicted MDE (points) on HOMO: `predict_mde` with the question df counted in the
-    domains' gold-answer clusters, as the verdict counts them."""
+    domains' gold-answer clusters, as the verdict counts them, and the covariance of questions sharing one."""
     return predict_mde(components, len(design.domains), design.replicates, design.n_test, alpha=alpha, power=power,
-                       n_clusters=design.clusters())
+                       n_clusters=design.clusters(), cluster_share=design.cluster_share())
 
 
 def candidate_designs(

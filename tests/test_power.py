@@ -4,26 +4,31 @@ the planned design: its MDE and stage times by hand, the cheapest design under 4
 from __future__ import annotations
 
 import math
+from collections import Counter
 
+import numpy as np
 import pytest
 from scipy import stats
 
 from ift_utils.power import (
     GOLD_ANSWERS,
+    GOLD_SHARE,
     H_MINUS_I_HOMO,
     PLAN_DOMAINS,
     Design,
     candidate_designs,
     cheapest_design,
+    cluster_covariance,
     design_cost,
     design_mde,
     design_table,
     power_table,
     predict_mde,
+    predict_se,
     simulate_answers,
     variance_components,
 )
-from ift_utils.verdict import CLAIM_HARMONIOUS, clean_answers, contrast_blocks, contrast_estimate
+from ift_utils.verdict import CLAIM_HARMONIOUS, Block, clean_answers, contrast_blocks, contrast_estimate
 
 
 def test_predict_mde_by_hand_with_t_quantiles():
@@ -50,6 +55,42 @@ def test_predicted_mde_matches_the_runs_own():
     measured = (stats.t.ppf(0.975, res["df"]) + stats.t.ppf(0.8, res["df"])) * res["se"]
     predicted = predict_mde(variance_components(blocks), n_domains=2, n_replicates=4, n_questions=150)
     assert predicted == pytest.approx(measured, rel=0.15)
+
+
+def test_cluster_covariance_by_hand():
+    """D = [[1, 1, 0, 0], [1, 0, 0, -1]], clusters a a b c. Each replicate less its mean: [[.5, .5, -.5, -.5],
+    [1, 0, 0, -1]]. Cluster a: within a replicate the ordered pairs give .5·.5·2 + 1·0·2 = 0.5 over 4 pairs = 0.125;
+    across replicates .5·0 + .5·1 + 1·.5 + 0·.5 = 1 over 4 pairs = 0.25, so the shared part is 0.25 and each run's
+    own 0.125 − 0.25 = −0.125; share (2² + 1 + 1)/4² = 0.375."""
+    b = Block("m", "d", "HOMO", [0, 1], np.array([[1.0, 1, 0, 0], [1, 0, 0, -1]]), clusters=["a", "a", "b", "c"])
+    got = cluster_covariance([b])
+    assert got == pytest.approx({"cov_cluster": 0.25, "cov_cluster_run": -0.125, "cluster_share": 0.375})
+    one = cluster_covariance([Block("m", "d", "HOMO", [0], b.diff[:1], clusters=b.clusters)])
+    # one replicate (the first row): .5 · .5 · 2 over 2 pairs, all counted as shared
+    assert one["cov_cluster"] == pytest.approx(0.25) and one["cov_cluster_run"] == 0.0
+    assert cluster_covariance([Block("m", "d", "HOMO", [0, 1], b.diff, clusters=list("abcd"))])["cov_cluster"] == 0
+
+
+def test_predicted_se_with_shared_answers_matches_larger_studies():
+    """Answers that share a gold answer (8 strings a domain, an answer × group effect of SD 0.8 logits): components
+    measured at Q = 60 over 40 studies predict the spread of the estimate at Q = 400 over 120 studies; without the
+    cluster covariance the prediction is far too small (more questions do not average the answer effect out)."""
+    sim = dict(n_domains=2, n_replicates=3, n_answers=8, sd_answer_group=0.8, sd_question_group=0.3)
+
+    def blocks(q, seed):
+        data, _ = clean_answers(simulate_answers({"harmonious": 0.0}, n_questions=q, seed=seed, **sim))
+        return contrast_blocks(data, "harmonious", "incompatible")
+
+    comps = [{**variance_components(b), **cluster_covariance(b)} for b in (blocks(60, s) for s in range(40))]
+    comp = {k: float(np.mean([c[k] for c in comps])) for k in comps[0]}
+    assert comp["cov_cluster"] > 0.01 and abs(comp["cov_cluster_run"]) < comp["cov_cluster"]
+    big = [blocks(400, 1000 + s) for s in range(120)]
+    spread = float(np.std([contrast_estimate(b)["HOMO"]["ours"] for b in big], ddof=1))
+    share = float(np.mean([cluster_covariance(b)["cluster_share"] for b in big]))
+    se, _ = predict_se(comp, 2, 3, 400, n_clusters=8, cluster_share=share)
+    assert se == pytest.approx(spread, rel=0.2)
+    se_without, _ = predict_se({k: v for k, v in comp.items() if not k.startswith("cov")}, 2, 3, 400)
+    assert se_without < 0.6 * spread
 
 
 def test_power_table_rows_and_simulated_sharing():
@@ -146,7 +187,9 @@ def test_gold_answer_clusters_and_disjoint_splits_at_the_chosen_size():
     data = load_study_data(P)
     for d, table in GOLD_ANSWERS.items():  # the first Q of the 1500 are the HOMO set a study with n_test Q draws
         for q, n in table.items():
-            assert len({x.raw["gold"] for x in data[d].test[:q]}) == n, (d, q)
+            golds = Counter(x.raw["gold"] for x in data[d].test[:q])
+            assert len(golds) == n, (d, q)
+            assert sum(c * c for c in golds.values()) / q**2 == pytest.approx(GOLD_SHARE[d][q], abs=1e-4), (d, q)
     for d, dd in data.items():
         sizes = {name: len(qs) for name, qs in dd.test_sets().items()}
         assert sizes == {"HOMO": 1500, "ID": 300, "OOD": 185, "XD": 300}, (d, sizes)
