@@ -78,6 +78,8 @@ class StudyParams(BaseModel):
     n_test: int = Field(100, ge=1, le=100_000)
     n_id: int = Field(100, ge=0, le=100_000)
     n_ood: int = Field(100, ge=0, le=100_000)
+    test_per_answer: int | None = Field(None, ge=1, description="facts suite: at most this many HOMO test questions "
+                                        "share one gold answer (evens out the answer clusters; None = as drawn)")
     data_seed: int = Field(0, ge=0)
     # probing
     scoring: Literal["letter", "cloze"] = "cloze"

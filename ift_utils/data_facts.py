@@ -323,11 +323,35 @@ def build_ood_set(seed: int = 0, n_dev: int = 5, n_ood: int = 100) -> dict[str, 
             "ood_test": _split(_CURRENCY, recs[n_dev:n_dev + n_ood], OOD_DOMAIN, OOD_SUBJECT, base + 400_000, rng)}
 
 
+def per_answer_order(recs: Sequence[dict], gold_key: str, start: int, n: int, cap: int) -> list[dict]:
+    """`recs` reordered so that its `n` records from `start` on hold at most `cap` of one gold answer: records are
+    taken in order, one over the cap waits, and the waiting ones follow (in order) before the rest. The records
+    before `start` keep their place; nothing is dropped."""
+    taken: list[dict] = []
+    waiting: list[dict] = []
+    counts: dict[str, int] = {}
+    i = start
+    while i < len(recs) and len(taken) < n:
+        g, c = str(recs[i][gold_key]), counts.get(str(recs[i][gold_key]), 0)
+        if c < cap:
+            taken.append(recs[i])
+            counts[g] = c + 1
+        else:
+            waiting.append(recs[i])
+        i += 1
+    if len(taken) < n:
+        raise ValueError(f"test_per_answer={cap}: only {len(taken)} test questions can be drawn with at most {cap} "
+                         f"a gold answer ({len(counts)} answers); raise test_per_answer or lower n_test")
+    return [*recs[:start], *taken, *waiting, *recs[i:]]
+
+
 def build_facts_suite(seed: int = 0, domains: Sequence[str] | None = None, n_train: int | None = None,
-                      n_dev: int = 5, n_test: int = 100, n_id: int = 100,
-                      n_ood: int = 100) -> dict[str, dict[str, list[MCQ]]]:
+                      n_dev: int = 5, n_test: int = 100, n_id: int = 100, n_ood: int = 100,
+                      test_per_answer: int | None = None) -> dict[str, dict[str, list[MCQ]]]:
     """suite[domain] = {"train", "dev", "test", "id_test", "ood_test", "ood_dev"} lists of MCQs; deterministic
-    for a seed. The OOD relation's questions (`build_ood_set`) are the same for every domain."""
+    for a seed. The OOD relation's questions (`build_ood_set`) are the same for every domain. `test_per_answer`
+    caps the test questions sharing one gold answer (`per_answer_order`): an answer prior a group's training
+    moves then weighs on fewer of them (None: the shuffled order as it is)."""
     names = tuple(domains) if domains is not None else FACTS_DOMAINS
     unknown = [d for d in names if d not in DOMAINS]
     if unknown:
@@ -342,6 +366,8 @@ def build_facts_suite(seed: int = 0, domains: Sequence[str] | None = None, n_tra
         rng = random.Random(f"facts:{seed}:{name}")
         recs = list(_entities()[pool])
         rng.shuffle(recs)
+        if test_per_answer is not None:
+            recs = per_answer_order(recs, main.gold, n_dev, n_test, test_per_answer)
         held = n_dev + max(n_test, n_id)
         train_cap = min(MAX_TRAIN if n_train is None else n_train, len(recs) - held)
         if train_cap < 0:

@@ -242,7 +242,8 @@ def load_study_data(P) -> dict[str, DomainData]:
 
         suite = build_facts_suite(seed=P.data_seed, domains=P.domains, n_train=P.n_train,
                                   n_dev=max(k, 1) * P.belief_prompts,  # other demos for each belief prompt
-                                  n_test=P.n_test, n_id=P.n_id, n_ood=P.n_ood)
+                                  n_test=P.n_test, n_id=P.n_id, n_ood=P.n_ood,
+                                  test_per_answer=P.test_per_answer)
         for d in P.domains:
             base[d] = (suite[d]["train"], suite[d]["dev"], suite[d]["test"], suite[d]["id_test"])
             for rel_dev in ("id_dev", "ood_dev"):  # the ID / OOD relation is a subject of its own with its own demos

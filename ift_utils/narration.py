@@ -166,11 +166,14 @@ def claim4_reading(claim4: pd.DataFrame) -> str:
 def power_designs(components: Mapping[str, float], designs: Iterable[Iterable[int]],
                   predict: Any) -> pd.DataFrame:
     """The MDE of each planned design (domains, replicates, questions) from one contrast's variance components;
-    `predict` is `power.predict_mde`."""
+    `predict` is `power.predict_mde`. Questions sharing a gold answer keep this run's `cluster_share` (the same
+    unevenness of answers at any size), so more questions do not average the shared answer effect away."""
+    share = components.get("cluster_share")
+    share = float(share) if share is not None and pd.notna(share) else None
     rows = []
     for k, r, q in designs:
         rows.append({"domains": int(k), "replicates": int(r), "questions": int(q),
-                     "mde": float(predict(components, int(k), int(r), int(q)))})
+                     "mde": float(predict(components, int(k), int(r), int(q), cluster_share=share))})
     return pd.DataFrame(rows, columns=["domains", "replicates", "questions", "mde"])
 
 

@@ -12,8 +12,10 @@ per-cell training seconds by group, per-question scoring seconds); the runner pr
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -258,8 +260,18 @@ def simulated_true_difference(
 # Every number below is a named input, measured once and meant to be measured again (a faster trainer changes the
 # training seconds; another machine changes all of them). Where each comes from:
 REFERENCE_MACHINE = "2-core Intel Xeon, 257-261 GFLOP/s fp32 matmul (the default study of 2026-12-06, commit 056326c)"
-H_MINUS_I_HOMO = {"var_replicate": 0.00096, "var_question": 0.233, "var_residual": 0.089}
-"""Variance components (per answer, 0/1 scale) of harmonious − incompatible on HOMO in that run (tables/power.csv)."""
+H_MINUS_I_HOMO = {"var_replicate": 0.00096, "var_question": 0.233, "var_residual": 0.089,
+                  "cov_cluster": 0.0758, "cov_cluster_run": 0.0119}
+"""Variance components (per answer, 0/1 scale) of harmonious − incompatible on HOMO, raw scoring, in that run
+(tables/power.csv), and the covariance of two questions sharing a gold answer (`cluster_covariance`), measured on
+the regenerated default run of 2026-12-07 (the same answers: training and raw scoring are deterministic)."""
+H_MINUS_I_HOMO_CALIBRATED = {"var_replicate": 0.00096, "var_question": 0.1109, "var_residual": 0.1028,
+                             "cov_cluster": 0.0115, "cov_cluster_run": 0.0030}
+"""The same contrast with calibrated scoring (content-free PMI), the regenerated default run of 2026-12-07. Its
+replicate variance came out 0 (2 replicates a domain, clipped); the plan keeps the raw score's 0.00096. Calibration
+removes most of what questions sharing a gold answer have in common (0.0758 raw → 0.0115)."""
+COMPONENTS = {"raw": H_MINUS_I_HOMO, "calibrated": H_MINUS_I_HOMO_CALIBRATED}
+"""The primary's components by the scoring that decides (`decide_by.score`)."""
 TRAIN_SECONDS = {"harmonious": 20.0, "self_aligning": 45.0, "incompatible": 130.0, "mixture": 135.0,
                  "contextualized": 140.0, "general_only": 65.0}
 """Seconds to train one cell to fit, by group: harmonious (1.1 epochs), incompatible and mixture (6.1-6.3 epochs) as
@@ -284,35 +296,30 @@ ANALYSIS_S_PER_ANSWER = 31.0 / 20_000
 PLAN_DOMAINS = ("city_country", "us_city_state", "europe_city_country")  # the first D are a D-domain design
 TRAINED_GROUPS = ("incompatible", "mixture", "self_aligning", "harmonious", "contextualized", "general_only")
 OOD_QUESTIONS = 185  # the facts suite's country -> currency relation holds this many questions (n_ood is capped)
-GOLD_ANSWERS = {  # distinct gold answers among the first Q HOMO test questions (facts suite, data_seed 0)
-    "city_country": {100: 46, 300: 72, 600: 90, 1000: 105, 1500: 110},
-    "us_city_state": {100: 30, 300: 43, 600: 47, 1000: 48, 1500: 49},
-    "europe_city_country": {100: 24, 300: 33, 600: 36, 1000: 39, 1500: 39},
-}
-"""A HOMO question's cluster joins its entity and its gold answer, so a domain's question df is counted in gold
-answers (the verdict's `n_clusters`), not questions: 24-110 a domain, however many questions. `tests/test_power.py`
-rebuilds this table from the facts suite."""
-GOLD_SHARE = {  # Σ_c (n_c / Q)² over the gold answers of the first Q HOMO test questions (facts suite, data_seed 0)
-    "city_country": {100: 0.0510, 300: 0.0551, 600: 0.0618, 1000: 0.0604, 1500: 0.0640},
-    "us_city_state": {100: 0.0644, 300: 0.0585, 600: 0.0520, 1000: 0.0526, 1500: 0.0547},
-    "europe_city_country": {100: 0.1072, 300: 0.0898, 600: 0.0879, 1000: 0.0877, 1500: 0.0846},
-}
-"""How unevenly a domain's HOMO questions fall into gold answers (India 286 of 1500 cities, California 233,
-Germany 274): 1/share is the effective number of clusters, 12-20 a domain at any Q. `tests/test_power.py` rebuilds
-it from the facts suite."""
 EARLY_STOP_ALL = "all"
 TEST_SETS = ("HOMO", "ID", "OOD", "XD")
 
 
-def gold_clusters(domain: str, n_questions: int) -> int | None:
-    """Question clusters of `n_questions` HOMO questions of a facts domain (the tabulated count at the largest
-    tabulated size not above it: never more than the truth); None for a domain not tabulated (each question its
-    own cluster)."""
-    table = GOLD_ANSWERS.get(domain)
-    if not table:
+@cache
+def gold_profile(domain: str, n_test: int, test_per_answer: int | None = None, n_dev: int = 9,
+                 seed: int = 0) -> tuple[int, float] | None:
+    """(distinct gold answers, share Σ_c (n_c / Q)²) of a facts domain's HOMO test set as the suite draws it
+    (`n_dev` = k_shot × belief_prompts demonstrations come first). A HOMO question's cluster joins its entity and its
+    gold answer, so a domain's question df is counted in gold answers, not questions (24-110 a domain at the
+    default order), and 1/share is the effective number of clusters: the order as drawn puts 286 of 1,500 world
+    cities in India (share 0.064), `test_per_answer` evens it out. None for a domain the suite does not have or a
+    cap that cannot fill the set."""
+    from .data_facts import DOMAINS, build_facts_suite
+
+    if domain not in DOMAINS:
         return None
-    below = [q for q in table if q <= n_questions]
-    return table[max(below)] if below else min(n_questions, table[min(table)])
+    try:
+        test = build_facts_suite(seed, [domain], n_train=0, n_dev=n_dev, n_test=n_test, n_id=0, n_ood=0,
+                                 test_per_answer=test_per_answer)[domain]["test"]
+    except ValueError:
+        return None
+    counts = Counter(str(q.raw["gold"]) for q in test)
+    return len(counts), sum(c * c for c in counts.values()) / len(test) ** 2
 
 
 @dataclass(frozen=True)
@@ -333,6 +340,9 @@ class Design:
     id_ood_source: str = "facts"  # facts: OOD capped by its relation, XD from the other domains; mmlu: no XD
     general_ratio: float = 1.0
     max_epochs: int = 10
+    test_per_answer: int | None = None  # at most this many HOMO questions a gold answer (None: as drawn)
+    k_shot: int = 3
+    data_seed: int = 0
 
     def set_sizes(self) -> dict[str, int]:
         """Questions per test set of one domain."""
@@ -350,22 +360,21 @@ class Design:
         sets = tuple(self.set_sizes())
         return sets if self.early_stop_sets == EARLY_STOP_ALL else tuple(s for s in sets if s in self.early_stop_sets)
 
+    def _profiles(self) -> list[tuple[int, float]] | None:
+        n_dev = max(self.k_shot, 1) * self.belief_prompts  # the demonstrations come first, as the suite draws them
+        found = [gold_profile(d, self.n_test, self.test_per_answer, n_dev, self.data_seed) for d in self.domains]
+        return None if any(f is None for f in found) else found  # type: ignore[return-value]
+
     def cluster_share(self) -> float | None:
-        """The domains' mean Σ_c (n_c / Q)² of HOMO gold answers (at the largest tabulated Q not above n_test);
-        None where a domain is not tabulated."""
-        found = []
-        for d in self.domains:
-            table = GOLD_SHARE.get(d)
-            if not table:
-                return None
-            below = [q for q in table if q <= self.n_test]
-            found.append(table[max(below)] if below else table[min(table)])
-        return float(np.mean(found))
+        """The domains' mean Σ_c (n_c / Q)² over HOMO gold answers (`gold_profile`); None where a domain is not
+        in the facts suite."""
+        found = self._profiles()
+        return None if found is None else float(np.mean([f[1] for f in found]))
 
     def clusters(self) -> float | None:
-        """Mean question clusters a domain (None: questions are their own clusters)."""
-        found = [gold_clusters(d, self.n_test) for d in self.domains]
-        return None if any(c is None for c in found) else float(np.mean(found))
+        """Mean question clusters (gold answers) a domain (None: questions are their own clusters)."""
+        found = self._profiles()
+        return None if found is None else float(np.mean([f[0] for f in found]))
 
 
 def design_cost(
@@ -414,17 +423,23 @@ def candidate_designs(
     questions: Sequence[int] = (100, 300, 600, 1000, 1500),
     early_stop_sets: Sequence[tuple[str, ...] | str] = (("HOMO",), EARLY_STOP_ALL),
     other_questions: Sequence[int | None] = (300, None),
+    test_per_answer: Sequence[int | None] = (None, 10, 20, 30),
 ) -> list[Design]:
-    """The grid of designs to plan from: the first D of PLAN_DOMAINS, R replicates, Q HOMO questions, and ID, OOD
-    and XD of min(Q, other) questions each (None: Q; they carry the secondary claims, not the primary)."""
+    """The grid of designs to plan from: the first D of PLAN_DOMAINS, R replicates, Q HOMO questions with at most
+    `test_per_answer` a gold answer (a cap the suite cannot fill at Q is left out), and ID, OOD and XD of
+    min(Q, other) questions each (None: Q; they carry the secondary claims, not the primary)."""
     out = []
     for other in other_questions:
         for e in early_stop_sets:
             for d in domains:
                 for r in replicates:
                     for q in questions:
-                        n = q if other is None else min(q, other)
-                        out.append(Design(PLAN_DOMAINS[:d], r, q, n_id=n, n_ood=n, early_stop_sets=e))
+                        for cap in test_per_answer:
+                            n = q if other is None else min(q, other)
+                            dz = Design(PLAN_DOMAINS[:d], r, q, n_id=n, n_ood=n, early_stop_sets=e,
+                                        test_per_answer=cap)
+                            if cap is None or dz.clusters() is not None:
+                                out.append(dz)
     return out
 
 
@@ -442,9 +457,10 @@ def design_table(
                            analysis_s_per_answer)
         early = dz.early_stop_sets if isinstance(dz.early_stop_sets, str) else "+".join(dz.early_stop_sets)
         sizes = dz.set_sizes()
-        rows.append({"D": len(dz.domains), "R": dz.replicates, "Q": dz.n_test, "n_id": sizes.get("ID", 0),
+        rows.append({"D": len(dz.domains), "R": dz.replicates, "Q": dz.n_test, "per_answer": dz.test_per_answer,
+                     "n_id": sizes.get("ID", 0),
                      "n_ood": dz.n_test if dz.n_ood is None else dz.n_ood, "early_stop_sets": early,
-                     "clusters": dz.clusters(), "cells": len(dz.domains) * dz.replicates * len(dz.groups),
+                     "clusters": dz.clusters(), "share": dz.cluster_share(), "cells": len(dz.domains) * dz.replicates * len(dz.groups),
                      "mde": design_mde(dz, components, alpha, power), **cost})
     return pd.DataFrame(rows)
 
@@ -458,6 +474,16 @@ def cheapest_design(table: pd.DataFrame, max_mde: float = 4.0) -> pd.Series:
     return ok.sort_values(["total_s", "mde"]).iloc[0]
 
 
+def best_within(table: pd.DataFrame, max_seconds: float) -> pd.Series:
+    """The row of `design_table` with the least primary MDE whose predicted total time is at most `max_seconds`
+    (ties go to the cheaper): the plan when no design reaches the MDE aimed at. Raises ValueError when none fits."""
+    ok = table[table["total_s"] <= max_seconds]
+    if ok.empty:
+        raise ValueError(f"no design runs within {max_seconds / 60:.0f} min (the cheapest takes "
+                         f"{table['total_s'].min() / 60:.0f})")
+    return ok.sort_values(["mde", "total_s"]).iloc[0]
+
+
 def design_of(P: Any) -> Design:
     """The design a params object (`StudyParams`) runs: its domains, replicates (seeds), test-set sizes, trained
     groups (ratios, extra groups, the general_only control) and early-stop test sets. No torch needed."""
@@ -468,12 +494,16 @@ def design_of(P: Any) -> Design:
                   early_stop_sets=early if isinstance(early, str) else tuple(early), groups=tuple(groups),
                   n_train=P.n_train if P.n_train is not None else 2000, belief_prompts=P.belief_prompts,
                   facts_per_cell=P.max_per_group or 48, id_ood_source=P.id_ood_source,
-                  general_ratio=P.general_ratio, max_epochs=P.epochs)
+                  general_ratio=P.general_ratio, max_epochs=P.epochs, test_per_answer=P.test_per_answer,
+                  k_shot=P.k_shot, data_seed=P.data_seed)
 
 
 def predict_study(P: Any, **costs: Any) -> dict[str, Any]:
-    """A params object's predicted primary MDE (points, H − I on HOMO with the default run's components) and
-    predicted seconds per stage on the reference machine (`design_cost`; `costs` override its measured inputs)."""
+    """A params object's predicted primary MDE (points, H − I on HOMO with the default run's components for the
+    scoring that decides, `decide_by.score`) and predicted seconds per stage on the reference machine
+    (`design_cost`; `costs` override its measured inputs)."""
     dz = design_of(P)
-    return {"mde": design_mde(dz), "clusters": dz.clusters(), "D": len(dz.domains), "R": dz.replicates,
-            "Q": dz.n_test, "same_model": P.model == COST_MODEL, **design_cost(dz, **costs)}
+    score = getattr(getattr(P, "decide_by", None), "score", "raw")
+    return {"mde": design_mde(dz, COMPONENTS[score]), "score": score, "clusters": dz.clusters(),
+            "D": len(dz.domains), "R": dz.replicates, "Q": dz.n_test, "same_model": P.model == COST_MODEL,
+            **design_cost(dz, **costs)}

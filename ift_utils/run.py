@@ -538,7 +538,8 @@ def prediction(P: StudyParams) -> str:
     def n(k: int, word: str) -> str:
         return f"{k} {word}" + ("s" if k != 1 else "")
 
-    return (f"prediction: primary MDE {p['mde']:.1f} points (harmonious − incompatible on HOMO; {n(p['D'], 'domain')} × "
+    return (f"prediction: primary MDE {p['mde']:.1f} points (harmonious − incompatible on HOMO, {p['score']} scoring; "
+            f"{n(p['D'], 'domain')} × "
             f"{n(p['R'], 'replicate')} × {n(p['Q'], 'question')}{clusters}); wall time {duration(p['total_s'])} on the reference "
             f"machine (probe {duration(p['probe_s'])}, training {duration(p['training_s'])}, evaluation "
             f"{duration(p['evaluation_s'])}, analysis {duration(p['analysis_s'])})"

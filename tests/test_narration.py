@@ -84,12 +84,12 @@ def test_consistency_dose_claim4_and_power_readings():
 def test_power_designs_calls_the_predictor_per_design():
     seen = []
 
-    def predict(comp, k, r, q):
-        seen.append((k, r, q))
+    def predict(comp, k, r, q, cluster_share=None):
+        seen.append((k, r, q, cluster_share))
         return 100.0 / (k * r * q) ** 0.5
 
-    out = narration.power_designs({"var_replicate": 0.0}, [[2, 4, 100], (3, 8, 200)], predict)
-    assert seen == [(2, 4, 100), (3, 8, 200)]
+    out = narration.power_designs({"var_replicate": 0.0, "cluster_share": 0.05}, [[2, 4, 100], (3, 8, 200)], predict)
+    assert seen == [(2, 4, 100, 0.05), (3, 8, 200, 0.05)]  # the run's answer unevenness is carried to every design
     assert list(out.columns) == ["domains", "replicates", "questions", "mde"]
     assert out["mde"].iloc[0] == 100.0 / 800 ** 0.5
 

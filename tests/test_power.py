@@ -11,17 +11,17 @@ import pytest
 from scipy import stats
 
 from ift_utils.power import (
-    GOLD_ANSWERS,
-    GOLD_SHARE,
-    H_MINUS_I_HOMO,
+    COMPONENTS,
     PLAN_DOMAINS,
     Design,
-    candidate_designs,
+    best_within,
     cheapest_design,
     cluster_covariance,
     design_cost,
     design_mde,
+    design_of,
     design_table,
+    gold_profile,
     power_table,
     predict_mde,
     predict_se,
@@ -118,21 +118,31 @@ def test_simulated_gold_answers_nest_the_entity():
 
 
 # ------------------------------------------------------------------------------ planning: MDE and cost of a design
-CHOSEN = Design(PLAN_DOMAINS, 3, 1500, n_id=300, n_ood=300, early_stop_sets=("HOMO",))  # params/power.yaml
+CHOSEN = Design(PLAN_DOMAINS[:2], 3, 1000, n_id=300, n_ood=300, early_stop_sets=("HOMO",),
+                test_per_answer=30)  # params/power.yaml
 
 
-def test_design_mde_by_hand_with_cluster_df():
-    # 3 domains × 3 replicates × 1500 HOMO questions in 110, 49 and 39 gold-answer clusters (mean 66)
-    v_rep = 0.00096 / 3 / 3
-    v_q = (0.233 / 1500 + 0.089 / (1500 * 3)) / 3
-    df_rep, df_q = 3 * (3 - 1), 3 * (66 - 1)
+def test_design_mde_by_hand_with_cluster_df_and_shared_answers():
+    """2 domains × 3 replicates × 1000 HOMO questions, at most 30 a gold answer: 81 and 82 gold answers (mean
+    81.5), Σ(n_c/Q)² 0.0223 (the suite's own draw); calibrated components. The shared part: (0.0115 + 0.0030/3) ×
+    (share − 1/1000) a domain."""
+    comp = COMPONENTS["calibrated"]
+    assert CHOSEN.clusters() == pytest.approx(81.5) and CHOSEN.cluster_share() == pytest.approx(0.02225, abs=1e-4)
+    share = CHOSEN.cluster_share()
+    v_rep = 0.00096 / 3 / 2
+    v_q = (0.1109 / 1000 + 0.1028 / 3000 + (0.0115 + 0.0030 / 3) * (share - 1 / 1000)) / 2
+    df_rep, df_q = 2 * (3 - 1), 2 * (81.5 - 1)
     dof = (v_rep + v_q) ** 2 / (v_rep**2 / df_rep + v_q**2 / df_q)
     want = 100 * (stats.t.ppf(0.975, dof) + stats.t.ppf(0.80, dof)) * math.sqrt(v_rep + v_q)
-    assert CHOSEN.clusters() == pytest.approx(66.0)
-    assert design_mde(CHOSEN, H_MINUS_I_HOMO) == pytest.approx(want)
-    assert want == pytest.approx(3.866, abs=0.005)
-    # the default design predicts the default run's measured primary MDE (11.8 raw) within its noise
-    assert design_mde(Design(PLAN_DOMAINS[:2], 2, 100)) == pytest.approx(11.5, abs=0.1)
+    assert design_mde(CHOSEN, comp) == pytest.approx(want)
+    assert want == pytest.approx(5.63, abs=0.01)
+    # raw scoring: questions sharing an answer covary 6.6 times as much, and the same design detects 9.5 points
+    assert design_mde(CHOSEN, COMPONENTS["raw"]) == pytest.approx(9.5, abs=0.05)
+    # without the shared part the old plan (3 × 3 × 1500, raw) read 3.9 points; with it, 12.4
+    old = Design(PLAN_DOMAINS, 3, 1500, n_id=300, n_ood=300, early_stop_sets=("HOMO",))
+    no_share = {k: v for k, v in COMPONENTS["raw"].items() if not k.startswith("cov")}
+    assert design_mde(old, no_share) == pytest.approx(3.87, abs=0.01)
+    assert design_mde(old, COMPONENTS["raw"]) == pytest.approx(12.4, abs=0.05)
 
 
 def test_design_time_by_hand():
@@ -142,42 +152,61 @@ def test_design_time_by_hand():
     assert default["training_s"] == pytest.approx(2 * 2 * 535.0)
     assert default["evaluation_s"] == pytest.approx(1044.0)
     assert default["analysis_s"] == pytest.approx(31.0)
-    # the chosen design, by hand: per domain HOMO 1500, ID 300, OOD 185 (its relation), XD 300 = 2285 questions
-    sets, early = 1500 + 300 + 185 + 300, 1500
-    probe = 134 / 3200 * 3 * (400 * 3 + sets)
-    training = 3 * 3 * (20 + 45 + 130 + 135 + 140 + 65)
-    answers = 3 * (3 * 6 * (sets + early) + sets)  # trained cells at both checkpoints, and no_ift
-    facts = 3 * 3 * 2 * 5 * 48  # own facts at both checkpoints, general_only has none
+    # the chosen design, by hand: per domain HOMO 1000, ID 300, OOD 185 (its relation), XD 300 = 1785 questions
+    sets, early = 1000 + 300 + 185 + 300, 1000
+    probe = 134 / 3200 * 2 * (400 * 3 + sets)
+    training = 2 * 3 * (20 + 45 + 130 + 135 + 140 + 65)
+    answers = 2 * (3 * 6 * (sets + early) + sets)  # trained cells at both checkpoints, and no_ift
+    facts = 2 * 3 * 2 * 5 * 48  # own facts at both checkpoints, general_only has none
     evaluation = 1044 / 21920 * (answers + facts)
     got = design_cost(CHOSEN)
     assert got["probe_s"] == pytest.approx(probe) and got["training_s"] == pytest.approx(training)
     assert got["evaluation_s"] == pytest.approx(evaluation)
     assert got["total_s"] == pytest.approx(probe + 9 + training + evaluation + 31 / 20000 * answers)
-    assert got["total_s"] / 60 == pytest.approx(264.3, abs=0.1)
+    assert got["total_s"] / 60 == pytest.approx(145.2, abs=0.1)
     faster = design_cost(CHOSEN, train_seconds={g: 0.6 * s for g, s in
                                                 {"harmonious": 20, "self_aligning": 45, "incompatible": 130,
                                                  "mixture": 135, "contextualized": 140, "general_only": 65}.items()})
     assert faster["training_s"] == pytest.approx(0.6 * training)
 
 
-def test_cheapest_design_under_four_points_is_power_yaml():
-    table = design_table()
-    assert len(table) == 2 * 2 * 2 * 3 * 5 and table["mde"].gt(0).all()
-    best = cheapest_design(table)
-    assert (best["D"], best["R"], best["Q"], best["n_id"], best["early_stop_sets"]) == (3, 3, 1500, 300, "HOMO")
-    assert best["mde"] <= 4 and table.loc[table["mde"] <= 4, "total_s"].min() == best["total_s"]
-    with pytest.raises(ValueError, match="no design has a primary MDE <= 1.0"):
-        cheapest_design(table, max_mde=1.0)
+def test_power_yaml_is_the_least_mde_within_two_and_a_half_hours():
+    """No design in the grid reaches 4 points with three facts domains (raw never below 8, calibrated 4.5 at
+    ≈ 4 h), so power.yaml takes the least calibrated MDE within 2 h 30 min, and decides by calibrated scoring."""
     from ift_utils.config import load_params
-    from ift_utils.power import design_of
 
-    planned = design_of(load_params("params/power.yaml"))
-    assert (planned.domains, planned.replicates, planned.n_test, planned.n_id) == (PLAN_DOMAINS, 3, 1500, 300)
-    assert len(candidate_designs(other_questions=(None,), early_stop_sets=("all",))) == 30
+    table = design_table(components=COMPONENTS["calibrated"])
+    assert table["mde"].gt(0).all() and table["per_answer"].notna().any()
+    with pytest.raises(ValueError, match="no design has a primary MDE <= 4.0"):
+        cheapest_design(table)
+    assert table["mde"].min() == pytest.approx(4.5, abs=0.1)
+    assert design_table(components=COMPONENTS["raw"])["mde"].min() > 8
+    best = best_within(table, 150 * 60)
+    assert best["total_s"] <= 150 * 60 and table.loc[table["total_s"] <= 150 * 60, "mde"].min() == best["mde"]
+    P = load_params("params/power.yaml")
+    planned = design_of(P)
+    assert (len(planned.domains), planned.replicates, planned.n_test, planned.test_per_answer, planned.n_id) == (
+        best["D"], best["R"], best["Q"], best["per_answer"], best["n_id"])
+    assert P.decide_by.score == "calibrated"
+    with pytest.raises(ValueError, match="no design runs within 10 min"):
+        best_within(table, 600)
+
+
+def test_per_answer_order_caps_the_test_set_and_drops_nothing():
+    """Golds a a a b a c b a. Two demos first, 4 test questions, at most 2 an answer: records 2-5 (a b a c) fit, the
+    order is unchanged (demos do not count). No demos, 3 questions, at most 1 an answer: a(0) b(3) c(5) are taken,
+    a(1) a(2) a(4) wait and follow them, then the rest. 4 at most 1 an answer: only 3 answers exist, a clear error."""
+    from ift_utils.data_facts import per_answer_order
+
+    recs = [{"g": g, "i": i} for i, g in enumerate("aaabacba")]
+    assert [r["i"] for r in per_answer_order(recs, "g", 2, 4, 2)] == list(range(8))
+    assert [r["i"] for r in per_answer_order(recs, "g", 0, 3, 1)] == [0, 3, 5, 1, 2, 4, 6, 7]
+    with pytest.raises(ValueError, match="test_per_answer=1: only 3 test questions"):
+        per_answer_order(recs, "g", 0, 4, 1)
 
 
 def test_gold_answer_clusters_and_disjoint_splits_at_the_chosen_size():
-    """The facts suite gives the chosen design its questions: 1500 HOMO (and 300 ID, 300 XD) questions a domain,
+    """The facts suite gives the chosen design its questions: 1000 HOMO (and 300 ID, 300 XD) questions a domain,
     none of them a training or fit question (fit_dev is a slice of train) or a demo; the gold-answer counts the
     plan uses are the suite's own."""
     from ift_utils.config import load_params
@@ -185,14 +214,17 @@ def test_gold_answer_clusters_and_disjoint_splits_at_the_chosen_size():
 
     P = load_params("params/power.yaml")
     data = load_study_data(P)
-    for d, table in GOLD_ANSWERS.items():  # the first Q of the 1500 are the HOMO set a study with n_test Q draws
-        for q, n in table.items():
-            golds = Counter(x.raw["gold"] for x in data[d].test[:q])
-            assert len(golds) == n, (d, q)
-            assert sum(c * c for c in golds.values()) / q**2 == pytest.approx(GOLD_SHARE[d][q], abs=1e-4), (d, q)
+    planned = design_of(P)
+    for d in P.domains:  # the plan's answer profile is the one the study draws
+        golds = Counter(x.raw["gold"] for x in data[d].test)
+        n, share = gold_profile(d, P.n_test, P.test_per_answer, max(P.k_shot, 1) * P.belief_prompts, P.data_seed)
+        assert (len(golds), sum(c * c for c in golds.values()) / len(data[d].test) ** 2) == (n, pytest.approx(share))
+        if P.test_per_answer:
+            assert max(golds.values()) <= P.test_per_answer
+    assert planned.clusters() == pytest.approx(np.mean([len({x.raw["gold"] for x in data[d].test}) for d in P.domains]))
     for d, dd in data.items():
         sizes = {name: len(qs) for name, qs in dd.test_sets().items()}
-        assert sizes == {"HOMO": 1500, "ID": 300, "OOD": 185, "XD": 300}, (d, sizes)
+        assert sizes == {"HOMO": 1000, "ID": 300, "OOD": 185, "XD": 300}, (d, sizes)
         train = {q.raw["entity"] for q in dd.train}
         demos = {q.raw["entity"] for q in dd.dev}
         assert len(dd.train) == P.n_train
