@@ -18,6 +18,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist (`make test` runs two workers, `--dist loadgroup`) every test that reads the shared smoke run
+    is put in one group, so that run happens once, on one worker, while the other worker takes the rest."""
+    for item in items:
+        if "smoke" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("smoke"))
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """(model, tokenizer) of the tiny random Llama."""
