@@ -116,7 +116,7 @@ def test_facts_id_questions_get_demos_of_their_own_relation(monkeypatch):
     """`build_facts_suite`'s `id_dev` split is the ID subject's demo pool: the ID test set keeps n_id questions."""
     import ift_utils.data_facts as facts
 
-    def suite(seed, domains, n_train, n_dev, n_test, n_id, n_ood):
+    def suite(seed, domains, n_train, n_dev, n_test, n_id, n_ood, test_per_answer=None):
         out = {}
         for j, d in enumerate(domains):
             main, rel = f"{d} main", f"{d} capital"
