@@ -55,7 +55,7 @@ paper: install
 
 test: install
 	$(BIN)/python -m ruff check ift_utils tests benchmarks
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=10 $(ARGS)
+	$(BIN)/python -m pytest -q --durations=10 $(ARGS)
 
 lab: install
 	# --allow-root only where make runs as root (containers); jupyter refuses root otherwise

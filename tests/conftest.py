@@ -18,14 +18,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-def pytest_itemcollected(item: pytest.Item) -> None:
-    """Under xdist (`make test` runs two workers, `--dist loadgroup`) every test that reads the shared smoke run
-    is put in one group, so that run happens once, on one worker, while the other worker takes the rest. (Marked
-    as each test is collected: xdist reads the groups in its own collection hook, which runs before a conftest's.)"""
-    if "smoke" in getattr(item, "fixturenames", ()):
-        item.add_marker(pytest.mark.xdist_group("smoke"))
-
-
 @pytest.fixture(scope="session")
 def tiny():
     """(model, tokenizer) of the tiny random Llama."""
