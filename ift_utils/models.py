@@ -7,11 +7,13 @@ GGUF-loaded model, so each packaged model is converted once into a cache folder 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,6 +124,21 @@ def _build_once(out: Path, build: Callable[[Path], None]) -> Path:
     return out
 
 
+@contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """transformers reads a GGUF file three times (config, tokenizer, weights), parsing its whole vocabulary each
+    time, and builds the same tensor-name map once per tensor: while converting, each is built once and reused
+    (read-only objects; the converted weights are the same bytes). Two thirds of the conversion's time."""
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader, gguf.get_tensor_name_map = functools.cache(reader), functools.cache(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+
+
 def convert_gguf(name: str) -> Path:
     """Dequantize a packaged GGUF once into `cache_dir()/name` as safetensors; return that folder."""
 
@@ -138,8 +155,9 @@ def convert_gguf(name: str) -> Path:
             raise ModelError(f"{gguf} has sha256 {digest}, expected {REGISTRY[name].sha256}")
         log.info("converting %s (%s) to safetensors in %s", name, gguf.name, tmp.parent / name)
         _set_offline(False)
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        with _gguf_parsed_once():
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         if getattr(model.config, "quantization_config", None) is not None:
             model.config.quantization_config = None
         model.hf_quantizer = None

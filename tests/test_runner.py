@@ -45,6 +45,8 @@ def test_tables_figures_and_report(smoke):
     no_ift = table[table["group"] == "no_ift"]
     assert (no_ift["seed"] == -1).all() and len(no_ift) == 2 * 4  # one per domain and test set, nothing trained
     assert {"kl_no_ift", "rank_corr_no_ift", "early_stop", "final"} <= set(table.columns)
+    early_only = table[table["early_stop"] & ~table["final"]]  # smoke.yaml: early_stop_sets [HOMO]
+    assert len(early_only) and set(early_only["test_set"]) == {"HOMO"}
     answers = pd.read_csv(run_dir / "tables" / "answers.csv")
     assert len(answers) == table["n"].sum() and set(answers["correct"]) <= {0, 1}
     assert set(answers["correct_cal"]) <= {0, 1} and answers["qkey"].notna().all()
