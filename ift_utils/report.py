@@ -29,15 +29,20 @@ STAGE_TITLES = {
     "05_analysis": "Analysis: figures, statistics and verdict",
 }
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;font-size:.9em;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}td.num{text-align:right}
+table{border-collapse:collapse;font-size:.9em;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}td.num{text-align:right}td,th{vertical-align:top}.scroll{overflow-x:auto}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}figure{margin:1.5em 0}
 img{max-width:100%;border:1px solid #eee}figcaption{font-size:.9em;color:#555}.yes{color:#16794a;font-weight:600}
 .no{color:#a33;font-weight:600}nav li{margin:.2em 0}code{background:#f5f5f5;padding:0 .2em}"""
 
 
 def _table(frame: pd.DataFrame) -> str:
-    """An HTML table with fixed decimals for numbers."""
-    return frame.to_html(index=False, border=0, float_format=lambda x: f"{x:.2f}", escape=True, na_rep="–")
+    """An HTML table with fixed decimals for numbers; columns of sentences (a reading, a note) get a readable
+    minimum width, so a wide table scrolls instead of squeezing them into tall rows."""
+    prose = {c: "30em" for c in frame.columns
+             if not pd.api.types.is_numeric_dtype(frame[c]) and frame[c].astype(str).str.len().max() > 80}
+    html = frame.to_html(index=False, border=0, float_format=lambda x: f"{x:.2f}", escape=True, na_rep="–",
+                         col_space=prose or None)
+    return f"<div class='scroll'>{html}</div>"
 
 
 def _yes_no(value: object) -> str:

@@ -535,15 +535,16 @@ def prediction(P: StudyParams) -> str:
     except (KeyError, ValueError, TypeError, AttributeError) as e:  # a plan must never stop a run
         return f"prediction: not available ({type(e).__name__}: {e})"
     clusters = f", {p['clusters']:.0f} answer clusters a domain" if p["clusters"] else ""
-    def n(k: int, word: str) -> str:
-        return f"{k} {word}" + ("s" if k != 1 else "")
-
+    design = f"{_count(p['D'], 'domain')} × {_count(p['R'], 'replicate')} × {_count(p['Q'], 'question')}{clusters}"
     return (f"prediction: primary MDE {p['mde']:.1f} points (harmonious − incompatible on HOMO, {p['score']} scoring; "
-            f"{n(p['D'], 'domain')} × "
-            f"{n(p['R'], 'replicate')} × {n(p['Q'], 'question')}{clusters}); wall time {duration(p['total_s'])} on the reference "
-            f"machine (probe {duration(p['probe_s'])}, training {duration(p['training_s'])}, evaluation "
-            f"{duration(p['evaluation_s'])}, analysis {duration(p['analysis_s'])})"
-            + ("" if p["same_model"] else "; the costs are smollm2-135m-instruct's"))
+            f"{design}); wall time {duration(p['total_s'])} on the reference machine (probe {duration(p['probe_s'])}, "
+            f"training {duration(p['training_s'])}, evaluation {duration(p['evaluation_s'])}, analysis "
+            f"{duration(p['analysis_s'])})" + ("" if p["same_model"] else "; the costs are smollm2-135m-instruct's"))
+
+
+def _count(k: int, word: str) -> str:
+    """'1 domain', '2 domains'."""
+    return f"{k} {word}" + ("s" if k != 1 else "")
 
 
 def _show(path: Path) -> str:

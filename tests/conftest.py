@@ -88,7 +88,7 @@ def guarded_env(netlog: Path) -> dict:
 def smoke(tmp_path_factory):
     """(run folder, completed process, network log) of one smoke study run through all stages.
 
-    The suite's slowest step (≈ 3 min on a 2-core CPU): the real default model through five kernels, 12 training
+    The suite's slowest step (≈ 4.5 min on a 2-core EPYC): the real default model through five kernels, 12 training
     cells and 25 scored checkpoints; every end-to-end test reads this one run instead of running its own."""
     root = tmp_path_factory.mktemp("runs")
     netlog = root / "network_attempts.log"
