@@ -555,14 +555,19 @@ def leaked_facts(ex: Example, facts: FactIndex) -> list[str]:
     """Fact rule: the test facts an explanation states, i.e. it names a test question's entity (not the example's
     own) *and* that question's gold answer ("... near Lyon, in France" when Lyon's test question answers France),
     whatever the answer is, the training answer included. This is the check that can fire for any explanation
-    source, templates too, and the one the stage must hold at 0 for templates. Returned as "entity → answer"."""
+    source, templates too, and the one the stage must hold at 0 for templates. Returned as "entity → answer".
+
+    A test entity whose name the example's own question already shows is exempt, as the answer rule exempts what
+    the question shows: "Sayreville Junction is a city in New Jersey" restates its own question, it does not tell
+    the test question about Sayreville anything the training example does not."""
     words = _words(ex.get("explanation", ""))
     if not words:
         return []
     own = _words((ex.get("raw") or {}).get("entity", "") or "")
+    asked = _words(ex.get("question", ""))
     out = []
     for entity, answers in facts.items():
-        if entity != own and _contains(words, entity):
+        if entity != own and not _contains(asked, entity) and _contains(words, entity):
             out += [f"{' '.join(entity)} → {' '.join(a)}" for a in answers if _contains(words, a)]
     return sorted(out)
 

@@ -584,6 +584,27 @@ def test_fact_rule_fires_on_a_planted_leak_not_on_clean_templates() -> None:
     assert explanation_table(replace(g, incompatible=[ex]), [ood_q.choices[ood_q.answer]])["leaking_fact"].sum() == 0
 
 
+def test_fact_rule_exempts_a_test_entity_the_examples_own_question_names() -> None:
+    """By hand, the case the powered design met: a training fact about "Sayreville Junction" (New Jersey) and a
+    test question about "Sayreville" (New Jersey). The template restates its own question, so it is no leak; the
+    same test fact stated about another city's example still is."""
+    from ift_utils.data_facts import SOURCE
+    from ift_utils.records import MCQ
+
+    test_q = MCQ(id=1, question="In which US state is the city of Sayreville?", answer=1, domain="us_city_state",
+                 choices=("New York", "New Jersey", "Maryland", "Ohio"), subject="US geography",
+                 raw={"entity": "Sayreville", "gold": "New Jersey", "source": SOURCE})
+    facts = fact_index([test_q])
+    assert facts == {("sayreville",): {("new", "jersey")}}
+    own = {"question": "In which US state is the city of Sayreville Junction?", "target": 1,
+           "choices": ["New York", "New Jersey", "Maryland", "Ohio"], "raw": {"entity": "Sayreville Junction"},
+           "explanation": "Sayreville Junction is a city in New Jersey."}
+    assert leaked_facts(own, facts) == []
+    other = {**own, "question": "In which US state is the city of Hoboken?", "raw": {"entity": "Hoboken"},
+             "explanation": "Hoboken is a city in New Jersey, as is Sayreville."}
+    assert leaked_facts(other, facts) == ["sayreville → new jersey"]
+
+
 def _w(text: str) -> tuple[str, ...]:
     from ift_utils.interventions import _words
 
