@@ -325,7 +325,9 @@ def build_ood_set(seed: int = 0, n_dev: int = 5, n_ood: int = 100) -> dict[str, 
 
 def per_answer_order(recs: Sequence[dict], gold_key: str, start: int, n: int, cap: int) -> list[dict]:
     """`recs` reordered so that its `n` records from `start` on hold at most `cap` of one gold answer: records are
-    taken in order, one over the cap waits, and the waiting ones follow (in order) before the rest. The records
+    taken in order and one over the cap waits. The records no test question reached follow in their own (shuffled)
+    order, so the training split drawn next is still a random sample of the domain; the waiting ones go last
+    (placed right after the test set, they would fill the training split with the most common answers). The records
     before `start` keep their place; nothing is dropped."""
     taken: list[dict] = []
     waiting: list[dict] = []
@@ -342,7 +344,7 @@ def per_answer_order(recs: Sequence[dict], gold_key: str, start: int, n: int, ca
     if len(taken) < n:
         raise ValueError(f"test_per_answer={cap}: only {len(taken)} test questions can be drawn with at most {cap} "
                          f"a gold answer ({len(counts)} answers); raise test_per_answer or lower n_test")
-    return [*recs[:start], *taken, *waiting, *recs[i:]]
+    return [*recs[:start], *taken, *recs[i:], *waiting]
 
 
 def build_facts_suite(seed: int = 0, domains: Sequence[str] | None = None, n_train: int | None = None,

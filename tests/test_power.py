@@ -195,12 +195,13 @@ def test_power_yaml_is_the_least_mde_within_two_and_a_half_hours():
 def test_per_answer_order_caps_the_test_set_and_drops_nothing():
     """Golds a a a b a c b a. Two demos first, 4 test questions, at most 2 an answer: records 2-5 (a b a c) fit, the
     order is unchanged (demos do not count). No demos, 3 questions, at most 1 an answer: a(0) b(3) c(5) are taken,
-    a(1) a(2) a(4) wait and follow them, then the rest. 4 at most 1 an answer: only 3 answers exist, a clear error."""
+    the records the test set did not reach follow in order (6, 7: the training split stays a random sample), and
+    a(1) a(2) a(4), which waited, come last. 4 at most 1 an answer: only 3 answers exist, a clear error."""
     from ift_utils.data_facts import per_answer_order
 
     recs = [{"g": g, "i": i} for i, g in enumerate("aaabacba")]
     assert [r["i"] for r in per_answer_order(recs, "g", 2, 4, 2)] == list(range(8))
-    assert [r["i"] for r in per_answer_order(recs, "g", 0, 3, 1)] == [0, 3, 5, 1, 2, 4, 6, 7]
+    assert [r["i"] for r in per_answer_order(recs, "g", 0, 3, 1)] == [0, 3, 5, 6, 7, 1, 2, 4]
     with pytest.raises(ValueError, match="test_per_answer=1: only 3 test questions"):
         per_answer_order(recs, "g", 0, 4, 1)
 
