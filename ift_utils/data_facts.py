@@ -334,7 +334,8 @@ def per_answer_order(recs: Sequence[dict], gold_key: str, start: int, n: int, ca
     counts: dict[str, int] = {}
     i = start
     while i < len(recs) and len(taken) < n:
-        g, c = str(recs[i][gold_key]), counts.get(str(recs[i][gold_key]), 0)
+        g = str(recs[i][gold_key])
+        c = counts.get(g, 0)
         if c < cap:
             taken.append(recs[i])
             counts[g] = c + 1

@@ -53,6 +53,12 @@ def variance_components(blocks: Sequence[Block]) -> dict[str, float]:
             "var_residual": resid, "replicates": r_bar, "questions": q_bar, "blocks": len(sizes)}
 
 
+def answer_share(sizes: Sequence[int]) -> float:
+    """Σ_c (n_c / Q)² over clusters of sizes n_c (Q = their sum): 1/share is the effective number of clusters."""
+    q = sum(sizes)
+    return sum(n * n for n in sizes) / (q * q)
+
+
 def cluster_covariance(blocks: Sequence[Block]) -> dict[str, float]:
     """The covariance of two different questions' paired differences when they share a cluster (a gold answer or
     an entity: the answer prior a group's training moved), moment estimates pooled over blocks from each
@@ -72,7 +78,7 @@ def cluster_covariance(blocks: Sequence[Block]) -> dict[str, float]:
         idx: dict[str, list[int]] = {}
         for i, key in enumerate(b.clusters):
             idx.setdefault(key, []).append(i)
-        shares.append(sum(len(v) ** 2 for v in idx.values()) / (q * q))
+        shares.append(answer_share([len(v) for v in idx.values()]))
         for cols in idx.values():
             n = len(cols)
             if n < 2:
@@ -319,7 +325,7 @@ def gold_profile(domain: str, n_test: int, test_per_answer: int | None = None, n
     except ValueError:
         return None
     counts = Counter(str(q.raw["gold"]) for q in test)
-    return len(counts), sum(c * c for c in counts.values()) / len(test) ** 2
+    return len(counts), answer_share(list(counts.values()))
 
 
 @dataclass(frozen=True)
