@@ -22,7 +22,7 @@ def test_default_scores_every_set_power_only_homo_at_early_stop():
     assert checkpoint_tests(power, TESTS, early=False, final=False) == TESTS  # an eval_epochs checkpoint
     # the plan reads the same key: the powered design costs what params/power.yaml runs
     assert design_of(power).early_sets() == ("HOMO",)
-    assert design_cost(design_of(power))["total_s"] / 60 == pytest.approx(145.2, abs=0.1)
+    assert design_cost(design_of(power))["total_s"] / 60 == pytest.approx(60.6, abs=0.1)
 
 
 @pytest.mark.parametrize(("value", "needle"), [

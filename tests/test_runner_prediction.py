@@ -25,7 +25,7 @@ sys.exit(code)
                             "2 domains × 2 replicates × 100 questions, 38 answer clusters a domain); wall time 55 min"),
     ("params/power.yaml", "prediction: primary MDE 5.6 points (harmonious − incompatible on HOMO, calibrated "
                           "scoring; 2 domains × 3 replicates × 1000 questions, 82 answer clusters a domain); wall "
-                          "time 2 h 25 min"),
+                          "time 1 h 00 min"),
 ])
 def test_runner_prints_the_prediction_before_it_starts(tmp_path, params, line):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
